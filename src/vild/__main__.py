@@ -1,0 +1,5 @@
+import sys
+
+from vild.cli import main
+
+sys.exit(main())

@@ -1,0 +1,183 @@
+"""The ViLD detector: Mask R-CNN whose classifier is a matrix of text embeddings given at call time."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    concat_box_prediction_layers,
+)
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+
+from vild.model.backbone import build_backbone
+from vild.model.config import ViLDConfig
+from vild.model.outputs import DetectorOutput, Detections
+from vild.model.roi_heads import ViLDRoIHeads, select_detections
+
+
+class ViLDDetector(nn.Module):
+    """images (list of [3, H, W] floats in 0..1) -> `DetectorOutput`.
+
+    `text_embeddings` [C, D] (L2-normalised rows) is the classifier: any vocabulary, any call.
+    Training targets per image: `boxes` [N, 4] xyxy px, `labels` [N] (index into the text
+    embeddings), `masks` [N, H, W] uint8, and for distillation `distill_boxes` [P, 4] xyxy px
+    with `distill_embeddings` [P, D] (teacher embeddings of those proposals).
+    """
+
+    def __init__(self, config: ViLDConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transform = GeneralizedRCNNTransform(
+            config.min_size, config.max_size, list(config.image_mean), list(config.image_std)
+        )
+        self.backbone = build_backbone(config)
+        anchors = AnchorGenerator(
+            tuple((s,) for s in config.anchor_sizes),
+            (tuple(config.anchor_ratios),) * len(config.anchor_sizes),
+        )
+        self.rpn = RegionProposalNetwork(
+            anchors,
+            RPNHead(self.backbone.out_channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=config.rpn_batch_size_per_image,
+            positive_fraction=0.5,
+            pre_nms_top_n=dict(training=config.rpn_pre_nms_top_n_train, testing=config.rpn_pre_nms_top_n_test),
+            post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=config.rpn_post_nms_top_n_test),
+            nms_thresh=config.rpn_nms_thresh,
+        )
+        self.roi_heads = ViLDRoIHeads(config, self.backbone.out_channels)
+
+    # ------------------------------------------------------------------ stages
+    def _preprocess(self, images, targets):
+        if not images:
+            raise ValueError("images must be a non-empty list of [3, H, W] tensors")
+        for img in images:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"each image must be [3, H, W], got {tuple(img.shape)}")
+        original_sizes = [tuple(int(s) for s in img.shape[-2:]) for img in images]
+        if targets is not None:
+            targets = [dict(t) for t in targets]  # never mutate the caller's dicts
+        image_list, transformed = self.transform(images, targets)
+        if transformed is not None:
+            for t, orig, new in zip(transformed, original_sizes, image_list.image_sizes):
+                if "distill_boxes" in t:
+                    t["distill_boxes"] = resize_boxes(t["distill_boxes"], list(orig), list(new))
+        return image_list, transformed, original_sizes
+
+    def _propose(self, image_list, features, targets):
+        """torchvision's RPN forward, returning objectness scores too, losses whenever targets exist."""
+        rpn = self.rpn
+        feats = list(features.values())
+        objectness, deltas = rpn.head(feats)
+        anchors = rpn.anchor_generator(image_list, feats)
+        per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        decoded = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, scores = rpn.filter_proposals(decoded, objectness, image_list.image_sizes, per_level)
+        losses = {}
+        if targets is not None:
+            labels, matched = rpn.assign_targets_to_anchors(anchors, targets)
+            regression = rpn.box_coder.encode(matched, anchors)
+            loss_obj, loss_reg = rpn.compute_loss(objectness, deltas, labels, regression)
+            losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
+        return boxes, scores, losses
+
+    def _check_text(self, text_embeddings):
+        if text_embeddings is None:
+            return None
+        if text_embeddings.dim() != 2 or text_embeddings.shape[1] != self.config.embed_dim:
+            raise ValueError(
+                f"text_embeddings must be [C, {self.config.embed_dim}], got {tuple(text_embeddings.shape)}"
+            )
+        if text_embeddings.shape[0] == 0:
+            raise ValueError("text_embeddings is empty: give at least one category")
+        return text_embeddings.to(self.roi_heads.background.device, self.roi_heads.background.dtype)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        images: list[torch.Tensor],
+        text_embeddings: torch.Tensor | None = None,
+        targets: list[dict] | None = None,
+        *,
+        base_mask: torch.Tensor | None = None,
+    ) -> DetectorOutput:
+        """Detections in eval mode; losses whenever targets are given (train or eval mode).
+
+        base_mask [C] bool: categories seen in training, used by ViLD-ensemble's weighting.
+        """
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets")
+        text_embeddings = self._check_text(text_embeddings)
+        image_list, targets_t, original_sizes = self._preprocess(images, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, proposal_scores, losses = self._propose(image_list, features, targets_t)
+        sizes = image_list.image_sizes
+        if targets_t is not None:
+            losses.update(self.roi_heads.losses(features, proposals, sizes, targets_t, text_embeddings))
+        detections = []
+        if not self.training:
+            if text_embeddings is None:
+                raise ValueError("detection needs text_embeddings [C, D] for the vocabulary")
+            detections = self._detect(features, proposals, sizes, original_sizes, text_embeddings, base_mask)
+        proposals = [resize_boxes(p, list(s), list(o)) for p, s, o in zip(proposals, sizes, original_sizes)]
+        return DetectorOutput(
+            detections=detections, losses=losses, proposals=proposals, proposal_scores=proposal_scores
+        )
+
+    def _detect(self, features, proposals, sizes, original_sizes, text_embeddings, base_mask):
+        regions = self.roi_heads.region_outputs(features, proposals, sizes)
+        picked = []
+        for boxes, embeddings, image_embeddings in regions:
+            probs = self.roi_heads.class_probabilities(embeddings, image_embeddings, text_embeddings, base_mask)
+            boxes_k, scores, labels, index = select_detections(boxes, probs, self.config)
+            picked.append((boxes_k, scores, labels, embeddings[index],
+                           image_embeddings[index] if image_embeddings is not None else None))
+        masks = [None] * len(picked)
+        if self.config.with_masks:
+            masks = self.roi_heads.predict_masks(features, [p[0] for p in picked], sizes)
+        detections = []
+        for (boxes_k, scores, labels, emb, img_emb), m, size, orig in zip(picked, masks, sizes, original_sizes):
+            result = {"boxes": boxes_k}
+            if m is not None:
+                result["masks"] = m
+            result = self.transform.postprocess([result], [size], [orig])[0]
+            detections.append(
+                Detections(
+                    boxes=result["boxes"],
+                    scores=scores,
+                    labels=labels,
+                    image_size=orig,
+                    masks=result["masks"][:, 0] if m is not None else None,
+                    embeddings=emb,
+                    image_embeddings=img_emb,
+                )
+            )
+        return detections
+
+    @torch.no_grad()
+    def propose(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """RPN proposals per image: (boxes [P, 4] xyxy in original pixels, objectness [P]).
+
+        Always runs with test-time settings (eval mode), whatever mode the module is in.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            image_list, _, original_sizes = self._preprocess(images, None)
+            features = self.backbone(image_list.tensors)
+            boxes, scores, _ = self._propose(image_list, features, None)
+        finally:
+            self.train(was_training)
+        return [
+            (resize_boxes(b, list(s), list(o)), sc)
+            for b, sc, s, o in zip(boxes, scores, image_list.image_sizes, original_sizes)
+        ]
+
+
+def build_detector(config: ViLDConfig) -> ViLDDetector:
+    return ViLDDetector(config)

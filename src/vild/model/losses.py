@@ -1,0 +1,43 @@
+"""Loss functions with explicit inputs; their weights live in the config."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over [background + base]; logits [N, 1 + C], labels [N] (0 = bg)."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels)
+
+
+def box_regression_loss(
+    deltas: torch.Tensor, target_deltas: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Class-agnostic smooth-L1 on foreground RoIs, normalised by all sampled RoIs.
+
+    deltas, target_deltas [N, 4]; labels [N] (0 = background).
+    """
+    if deltas.shape[0] == 0:
+        return deltas.sum() * 0.0
+    positive = labels > 0
+    loss = F.smooth_l1_loss(
+        deltas[positive], target_deltas[positive], beta=1 / 9, reduction="sum"
+    )
+    return loss / labels.numel()
+
+
+def distillation_loss(
+    region_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, kind: str = "l1"
+) -> torch.Tensor:
+    """ViLD-image loss between normalised embeddings [P, D]: summed over D, mean over P.
+
+    kind "l1" (the paper's choice) or "l2" (squared error, for the paper's sweep).
+    """
+    if region_embeddings.shape[0] == 0:
+        return region_embeddings.sum() * 0.0
+    diff = region_embeddings - teacher_embeddings.to(region_embeddings.dtype)
+    per_region = diff.abs().sum(dim=1) if kind == "l1" else diff.pow(2).sum(dim=1)
+    return per_region.mean()

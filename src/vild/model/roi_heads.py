@@ -1,0 +1,217 @@
+"""Second stage: RoI sampling, region embeddings, open-vocabulary scoring, class-agnostic masks."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import maskrcnn_loss
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import remove_small_boxes
+
+from vild.model.config import ViLDConfig
+from vild.model.heads import (
+    RegionEmbeddingHead,
+    ensemble_probabilities,
+    image_probabilities,
+    text_logits,
+)
+from vild.model.losses import box_regression_loss, classification_loss, distillation_loss
+
+FEATURE_MAPS = ["0", "1", "2", "3"]
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+class ViLDRoIHeads(nn.Module):
+    def __init__(self, config: ViLDConfig, in_channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.box_roi_pool = MultiScaleRoIAlign(FEATURE_MAPS, config.roi_output_size, sampling_ratio=2)
+        head_kwargs = dict(
+            in_channels=in_channels,
+            roi_size=config.roi_output_size,
+            conv_dims=config.head_conv_dims,
+            fc_dims=config.head_fc_dims,
+            embed_dim=config.embed_dim,
+            norm=config.head_norm,
+        )
+        self.text_head = RegionEmbeddingHead(**head_kwargs)
+        # ViLD-ensemble: a separate head takes the distillation loss alone.
+        self.image_head = RegionEmbeddingHead(**head_kwargs) if config.mode == "ensemble" else None
+        self.box_regressor = nn.Linear(self.text_head.feature_dim, 4)
+        nn.init.normal_(self.box_regressor.weight, std=0.001)
+        nn.init.zeros_(self.box_regressor.bias)
+        self.background = nn.Parameter(torch.randn(config.embed_dim) * 0.01)
+
+        self.box_coder = det_utils.BoxCoder(config.box_coder_weights)
+        self.matcher = det_utils.Matcher(
+            config.roi_fg_iou_thresh, config.roi_bg_iou_thresh, allow_low_quality_matches=False
+        )
+        self.sampler = det_utils.BalancedPositiveNegativeSampler(
+            config.roi_batch_size_per_image, config.roi_positive_fraction
+        )
+        if config.with_masks:
+            self.mask_roi_pool = MultiScaleRoIAlign(FEATURE_MAPS, config.mask_output_size, sampling_ratio=2)
+            norm = _group_norm if config.head_norm == "gn" else None
+            self.mask_head = MaskRCNNHeads(in_channels, list(config.mask_head_dims), 1, norm_layer=norm)
+            dim = config.mask_head_dims[-1]
+            self.mask_predictor = MaskRCNNPredictor(dim, dim, 1)  # one class-agnostic mask
+
+    # ---------------------------------------------------------------- training
+    def sample_rois(self, proposals: list[torch.Tensor], targets: list[dict]):
+        """Append ground truth to proposals, match at IoU 0.5, sample 25% foreground.
+
+        -> (rois, matched_idxs, labels (0 = background, k + 1 = category k), regression_targets)
+        """
+        rois, matched, labels, reg_targets = [], [], [], []
+        for props, target in zip(proposals, targets):
+            gt_boxes = target["boxes"].to(props.dtype)
+            props = torch.cat([props, gt_boxes])
+            if gt_boxes.numel() == 0:
+                idx = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
+                lab = torch.zeros_like(idx)
+                gt_boxes = props.new_zeros(1, 4)
+            else:
+                match = self.matcher(box_iou(gt_boxes, props))
+                idx = match.clamp(min=0)
+                lab = target["labels"][idx].to(torch.int64) + 1
+                lab[match == self.matcher.BELOW_LOW_THRESHOLD] = 0
+                lab[match == self.matcher.BETWEEN_THRESHOLDS] = -1
+            rois.append(props), matched.append(idx), labels.append(lab)
+            reg_targets.append(gt_boxes[idx])
+        pos, neg = self.sampler(labels)
+        out = ([], [], [], [])
+        for i, (p, n) in enumerate(zip(pos, neg)):
+            keep = torch.where(p | n)[0]
+            out[0].append(rois[i][keep])
+            out[1].append(matched[i][keep])
+            out[2].append(labels[i][keep])
+            out[3].append(self.box_coder.encode_single(reg_targets[i][keep], rois[i][keep]))
+        return out
+
+    def losses(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        targets: list[dict],
+        text_embeddings: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        rois, matched, labels, reg_targets = self.sample_rois(proposals, targets)
+        box_features = self.box_roi_pool(features, rois, image_sizes)
+        head_features, embeddings = self.text_head(box_features)
+        all_labels = torch.cat(labels)
+        losses = {
+            "loss_box_reg": box_regression_loss(
+                self.box_regressor(head_features), torch.cat(reg_targets), all_labels
+            )
+        }
+        if cfg.uses_text_loss:
+            if text_embeddings is None:
+                raise ValueError(f"mode {cfg.mode!r} needs text embeddings of the base categories")
+            logits = text_logits(embeddings, text_embeddings, self.background, cfg.temperature)
+            losses["loss_classifier"] = classification_loss(logits, all_labels)
+        if cfg.uses_distillation:
+            losses["loss_distill"] = cfg.distill_weight * self._distill_loss(
+                features, image_sizes, targets, like=embeddings
+            )
+        if cfg.with_masks:
+            losses["loss_mask"] = self._mask_loss(features, image_sizes, targets, rois, matched, labels)
+        return losses
+
+    def _distill_loss(self, features, image_sizes, targets, like: torch.Tensor) -> torch.Tensor:
+        boxes = [t.get("distill_boxes", like.new_zeros(0, 4)).to(like.dtype) for t in targets]
+        if sum(b.shape[0] for b in boxes) == 0:
+            return like.sum() * 0.0
+        teacher = torch.cat([t["distill_embeddings"] for t in targets if "distill_embeddings" in t])
+        head = self.image_head if self.image_head is not None else self.text_head
+        _, student = head(self.box_roi_pool(features, boxes, image_sizes))
+        return distillation_loss(student, teacher, self.config.distill_loss)
+
+    def _mask_loss(self, features, image_sizes, targets, rois, matched, labels) -> torch.Tensor:
+        positive = [lab > 0 for lab in labels]
+        pos_rois = [r[p] for r, p in zip(rois, positive)]
+        if sum(r.shape[0] for r in pos_rois) == 0:
+            return sum(p.sum() for p in self.mask_predictor.parameters()) * 0.0
+        if any("masks" not in t for t in targets):
+            raise ValueError("with_masks=True needs 'masks' in every target")
+        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_rois, image_sizes)))
+        gt_masks = [t["masks"] for t in targets]
+        agnostic = [torch.zeros(t["boxes"].shape[0], dtype=torch.int64) for t in targets]
+        pos_matched = [m[p] for m, p in zip(matched, positive)]
+        return maskrcnn_loss(logits, pos_rois, gt_masks, agnostic, pos_matched)
+
+    # --------------------------------------------------------------- inference
+    def region_outputs(self, features, proposals, image_sizes):
+        """Per image: refined boxes [P, 4], text-head embeddings [P, D], image-head ones or None."""
+        counts = [p.shape[0] for p in proposals]
+        box_features = self.box_roi_pool(features, proposals, image_sizes)
+        head_features, embeddings = self.text_head(box_features)
+        deltas = self.box_regressor(head_features)
+        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)
+        image_embeddings = self.image_head(box_features)[1] if self.image_head is not None else None
+        outputs = []
+        for i, (b, e) in enumerate(zip(boxes.split(counts), embeddings.split(counts))):
+            ie = image_embeddings.split(counts)[i] if image_embeddings is not None else None
+            outputs.append((clip_boxes_to_image(b, image_sizes[i]), e, ie))
+        return outputs
+
+    def class_probabilities(
+        self,
+        embeddings: torch.Tensor,
+        image_embeddings: torch.Tensor | None,
+        text_embeddings: torch.Tensor,
+        base_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """[P, D] region embeddings -> [P, C] category probabilities for this config's mode."""
+        cfg = self.config
+        if cfg.mode == "image":
+            return image_probabilities(embeddings, text_embeddings, cfg.image_temperature)
+        p_text = torch.softmax(
+            text_logits(embeddings, text_embeddings, self.background, cfg.temperature), dim=-1
+        )[:, 1:]
+        if cfg.mode != "ensemble":
+            return p_text
+        if base_mask is None:
+            base_mask = torch.zeros(text_embeddings.shape[0], dtype=torch.bool)
+        p_image = image_probabilities(image_embeddings, text_embeddings, cfg.image_temperature)
+        return ensemble_probabilities(p_text, p_image, base_mask.to(p_text.device), cfg.ensemble_lambda)
+
+    def predict_masks(self, features, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
+        """Class-agnostic mask probabilities [K, 1, M, M] for each image's boxes."""
+        counts = [b.shape[0] for b in boxes]
+        if sum(counts) == 0:
+            m = self.config.mask_output_size
+            return [b.new_zeros(0, 1, m, m) for b in boxes]
+        logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
+        return list(logits.sigmoid().split(counts))
+
+
+def select_detections(
+    boxes: torch.Tensor, probs: torch.Tensor, config: ViLDConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class NMS over class-agnostic boxes.
+
+    boxes [P, 4], probs [P, C] -> (boxes [K, 4], scores [K], labels [K], region index [K]),
+    K <= detections_per_image, sorted by score.
+    """
+    num_regions, num_classes = probs.shape
+    scores = probs.reshape(-1)
+    region = torch.arange(num_regions, device=probs.device).repeat_interleave(num_classes)
+    labels = torch.arange(num_classes, device=probs.device).repeat(num_regions)
+    keep = torch.where(scores > config.score_thresh)[0]
+    if keep.numel() > config.pre_nms_topk:
+        keep = keep[scores[keep].topk(config.pre_nms_topk).indices]
+    keep = keep[remove_small_boxes(boxes[region[keep]], 1e-2)]
+    scores, labels, region = scores[keep], labels[keep], region[keep]
+    cand_boxes = boxes[region]
+    keep = batched_nms(cand_boxes, scores, labels, config.nms_thresh)[: config.detections_per_image]
+    return cand_boxes[keep], scores[keep], labels[keep], region[keep]

@@ -1,0 +1,159 @@
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vild.io import config_from_dict, config_to_dict
+from vild.model import Detections, DetectorOutput, ViLDConfig, build_detector
+
+from .conftest import make_batch, tiny_config
+
+MODES = ["text", "image", "vild", "ensemble"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_train_losses_finite_and_named(mode, text_embeddings):
+    model = build_detector(tiny_config(mode=mode)).train()
+    images, targets = make_batch()
+    out = model(images, text_embeddings[:2], targets)
+    assert isinstance(out, DetectorOutput) and out.detections == []
+    expected = {"loss_objectness", "loss_rpn_box_reg", "loss_box_reg", "loss_mask"}
+    if mode != "image":
+        expected.add("loss_classifier")
+    if mode != "text":
+        expected.add("loss_distill")
+    assert set(out.losses) == expected
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    sum(out.losses.values()).backward()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_outputs_typed_per_image(mode, text_embeddings):
+    model = build_detector(tiny_config(mode=mode)).eval()
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 80)]
+    with torch.no_grad():
+        out = model(images, text_embeddings, base_mask=torch.tensor([True, True, False]))
+    assert out.losses == {}
+    assert len(out.detections) == 2
+    for det, img in zip(out.detections, images):
+        assert isinstance(det, Detections)
+        h, w = img.shape[-2:]
+        assert det.image_size == (h, w)
+        n = len(det)
+        assert n <= 20
+        assert det.boxes.shape == (n, 4) and det.scores.shape == (n,) and det.labels.shape == (n,)
+        assert det.masks.shape == (n, h, w)
+        assert det.embeddings.shape == (n, 16)
+        assert (det.image_embeddings is not None) == (mode == "ensemble")
+        if n:
+            assert det.labels.max() < 3 and det.scores.min() >= 0 and det.scores.max() <= 1
+            assert (det.boxes[:, 0] >= 0).all() and (det.boxes[:, 2] <= w).all()
+            assert (det.boxes[:, 3] <= h).all()
+            assert torch.allclose(det.embeddings.norm(dim=1), torch.ones(n), atol=1e-4)
+            assert (det.scores[:-1] >= det.scores[1:]).all()
+
+
+def test_eval_with_targets_gives_losses_and_detections(text_embeddings):
+    model = build_detector(tiny_config()).eval()
+    images, targets = make_batch()
+    with torch.no_grad():
+        out = model(images, text_embeddings, targets)
+    assert len(out.detections) == 2 and "loss_classifier" in out.losses
+
+
+def test_loss_decreases_on_a_tiny_batch(text_embeddings):
+    torch.manual_seed(0)
+    model = build_detector(tiny_config(mode="ensemble")).train()
+    images, targets = make_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    history = []
+    for _ in range(12):
+        torch.manual_seed(1)  # same RoI sampling every step: the loss must fall on fixed data
+        loss = sum(model(images, text_embeddings[:2], targets).losses.values())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the trainer does
+        opt.step()
+        history.append(loss.item())
+    assert all(map(lambda x: x == x, history))
+    assert min(history[-3:]) < 0.8 * history[0]
+
+
+def test_empty_targets_and_no_distill_boxes(text_embeddings):
+    model = build_detector(tiny_config(mode="vild")).train()
+    empty = dict(
+        boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+        masks=torch.zeros(0, 64, 64, dtype=torch.uint8),
+    )
+    out = model([torch.rand(3, 64, 64)], text_embeddings, [empty])
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    assert out.losses["loss_distill"].item() == 0.0
+    assert out.losses["loss_mask"].item() == 0.0
+    sum(out.losses.values()).backward()
+
+
+def test_no_proposals_gives_empty_detections(text_embeddings):
+    model = build_detector(tiny_config()).eval()
+    with torch.no_grad():
+        model.rpn.head.cls_logits.bias.fill_(-1e4)  # every anchor scores 0 ...
+        model.rpn.score_thresh = 0.5  # ... and is filtered out
+        out = model([torch.rand(3, 64, 64)], text_embeddings)
+    det = out.detections[0]
+    assert len(det) == 0 and det.masks.shape == (0, 64, 64)
+    assert out.proposals[0].shape == (0, 4)
+
+
+def test_vocabulary_of_one(text_embeddings):
+    model = build_detector(tiny_config(mode="ensemble")).eval()
+    with torch.no_grad():
+        det = model([torch.rand(3, 64, 64)], text_embeddings[:1]).detections[0]
+    assert (det.labels == 0).all()
+
+
+def test_vocabulary_changes_without_rebuild(text_embeddings):
+    model = build_detector(tiny_config(mode="text")).eval()
+    img = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        a = model(img, text_embeddings).detections[0]
+        b = model(img, F.normalize(torch.randn(7, 16), dim=-1)).detections[0]
+    assert a.labels.max() < 3 and (len(b) == 0 or b.labels.max() < 7)
+
+
+def test_bad_text_embeddings_rejected():
+    model = build_detector(tiny_config()).eval()
+    with pytest.raises(ValueError, match="text_embeddings"):
+        model([torch.rand(3, 64, 64)], torch.randn(3, 5))
+    with pytest.raises(ValueError, match="empty"):
+        model([torch.rand(3, 64, 64)], torch.randn(0, 16))
+
+
+def test_training_without_targets_rejected(text_embeddings):
+    model = build_detector(tiny_config()).train()
+    with pytest.raises(ValueError, match="targets"):
+        model([torch.rand(3, 64, 64)], text_embeddings)
+
+
+def test_targets_not_mutated(text_embeddings):
+    model = build_detector(tiny_config()).train()
+    images, targets = make_batch()
+    before = [dict((k, v.clone()) for k, v in t.items()) for t in targets]
+    model(images, text_embeddings[:2], targets)
+    for t, b in zip(targets, before):
+        assert set(t) == set(b) and all(torch.equal(t[k], b[k]) for k in t)
+
+
+def test_propose_returns_scores_in_original_pixels():
+    model = build_detector(tiny_config()).train()
+    (boxes, scores), = model.propose([torch.rand(3, 32, 48)])  # upscaled to 64 inside
+    assert model.training  # mode restored
+    assert boxes.shape[0] == scores.shape[0] <= 50
+    assert (boxes[:, 2] <= 48 + 1e-3).all() and (boxes[:, 3] <= 32 + 1e-3).all()
+
+
+def test_config_json_round_trip_and_validation():
+    cfg = tiny_config(mode="ensemble", distill_loss="l2")
+    again = config_from_dict(ViLDConfig, config_to_dict(cfg))
+    assert again == cfg
+    with pytest.raises(ValueError):
+        dataclasses.replace(cfg, mode="nope")

@@ -1,0 +1,41 @@
+import torch
+import torch.nn.functional as F
+
+from vild.model.heads import ensemble_probabilities, image_probabilities, text_logits
+from vild.model.losses import distillation_loss
+
+
+def test_ensemble_matches_hand_computation():
+    p_text = torch.tensor([[0.6, 0.1, 0.2]])
+    p_img = torch.tensor([[0.3, 0.5, 0.2]])
+    base = torch.tensor([True, False, True])
+    got = ensemble_probabilities(p_text, p_img, base, 2 / 3)
+    want = torch.tensor([[
+        0.6 ** (2 / 3) * 0.3 ** (1 / 3),
+        0.1 ** (1 / 3) * 0.5 ** (2 / 3),
+        0.2 ** (2 / 3) * 0.2 ** (1 / 3),
+    ]])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_text_logits_background_first_and_scaled():
+    region = F.normalize(torch.randn(4, 8), dim=-1)
+    text = F.normalize(torch.randn(3, 8), dim=-1)
+    bg = torch.randn(8) * 5
+    logits = text_logits(region, text, bg, 50.0)
+    assert logits.shape == (4, 4)
+    assert torch.allclose(logits[:, 0], 50.0 * region @ F.normalize(bg, dim=0), atol=1e-5)
+    assert torch.allclose(logits[:, 1:], 50.0 * region @ text.T, atol=1e-5)
+
+
+def test_image_probabilities_sum_to_one_without_background():
+    p = image_probabilities(F.normalize(torch.randn(5, 8), dim=-1), F.normalize(torch.randn(2, 8), dim=-1), 10.0)
+    assert p.shape == (5, 2) and torch.allclose(p.sum(1), torch.ones(5))
+
+
+def test_distillation_loss_l1_sum_over_dims_mean_over_regions():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    assert distillation_loss(a, b, "l1").item() == 1.0  # (2 + 0) / 2
+    assert distillation_loss(a, b, "l2").item() == 1.0
+    assert distillation_loss(a[:0], b[:0]).item() == 0.0
