@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -16,6 +18,39 @@ from vild.model.backbone import build_backbone
 from vild.model.config import ViLDConfig
 from vild.model.outputs import DetectorOutput, Detections
 from vild.model.roi_heads import ViLDRoIHeads, select_detections
+
+
+@dataclass(frozen=True)
+class Regions:
+    """One image's scored-later regions, in the coordinates of the resized input tensor.
+
+    boxes [P, 4] refined by the (class-agnostic) box regressor; objectness [P] from the RPN;
+    embeddings [P, D] of the text head; image_embeddings [P, D] of the ensemble's image head.
+    """
+
+    boxes: torch.Tensor
+    objectness: torch.Tensor
+    embeddings: torch.Tensor
+    image_embeddings: torch.Tensor | None
+
+    def select(self, keep: torch.Tensor) -> "Regions":
+        ie = self.image_embeddings[keep] if self.image_embeddings is not None else None
+        return Regions(self.boxes[keep], self.objectness[keep], self.embeddings[keep], ie)
+
+
+@dataclass
+class RegionBatch:
+    """Backbone features and per-image regions of a batch, kept to finish detection later."""
+
+    features: dict[str, torch.Tensor]
+    sizes: list[tuple[int, int]]
+    original_sizes: list[tuple[int, int]]
+    regions: list[Regions]
+
+    def boxes_in_original(self, index: int, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Boxes of image `index` (default: its regions' boxes) in original image pixels."""
+        boxes = self.regions[index].boxes if boxes is None else boxes
+        return resize_boxes(boxes, list(self.sizes[index]), list(self.original_sizes[index]))
 
 
 class ViLDDetector(nn.Module):
@@ -123,25 +158,55 @@ class ViLDDetector(nn.Module):
         if not self.training:
             if text_embeddings is None:
                 raise ValueError("detection needs text_embeddings [C, D] for the vocabulary")
-            detections = self._detect(features, proposals, sizes, original_sizes, text_embeddings, base_mask)
+            detections = self._detect(
+                features, proposals, proposal_scores, sizes, original_sizes, text_embeddings, base_mask
+            )
         proposals = [resize_boxes(p, list(s), list(o)) for p, s, o in zip(proposals, sizes, original_sizes)]
         return DetectorOutput(
             detections=detections, losses=losses, proposals=proposals, proposal_scores=proposal_scores
         )
 
-    def _detect(self, features, proposals, sizes, original_sizes, text_embeddings, base_mask):
-        regions = self.roi_heads.region_outputs(features, proposals, sizes)
+    def _detect(self, features, proposals, proposal_scores, sizes, original_sizes, text_embeddings, base_mask):
+        batch = self._region_batch(features, proposals, proposal_scores, sizes, original_sizes)
+        probs = [
+            self.roi_heads.class_probabilities(r.embeddings, r.image_embeddings, text_embeddings, base_mask)
+            for r in batch.regions
+        ]
+        return self.detect_from_probabilities(batch, probs)
+
+    def _region_batch(self, features, proposals, proposal_scores, sizes, original_sizes) -> "RegionBatch":
+        regions = [
+            Regions(boxes=b, objectness=o, embeddings=e, image_embeddings=ie)
+            for (b, e, ie), o in zip(self.roi_heads.region_outputs(features, proposals, sizes), proposal_scores)
+        ]
+        return RegionBatch(features, list(sizes), list(original_sizes), regions)
+
+    @torch.no_grad()
+    def regions(self, images: list[torch.Tensor]) -> "RegionBatch":
+        """Every proposal's refined box and embeddings, before classification (eval mode).
+
+        Other scoring methods (CLIP on crops, on-the-fly queries) classify these and finish with
+        `detect_from_probabilities`.
+        """
+        image_list, _, original_sizes = self._preprocess(images, None)
+        features = self.backbone(image_list.tensors)
+        proposals, scores, _ = self._propose(image_list, features, None)
+        return self._region_batch(features, proposals, scores, image_list.image_sizes, original_sizes)
+
+    def detect_from_probabilities(self, batch: "RegionBatch", probs: list[torch.Tensor]) -> list[Detections]:
+        """Per-class NMS over each image's regions scored by `probs` [P, C], then masks."""
         picked = []
-        for boxes, embeddings, image_embeddings in regions:
-            probs = self.roi_heads.class_probabilities(embeddings, image_embeddings, text_embeddings, base_mask)
-            boxes_k, scores, labels, index = select_detections(boxes, probs, self.config)
-            picked.append((boxes_k, scores, labels, embeddings[index],
-                           image_embeddings[index] if image_embeddings is not None else None))
+        for r, p in zip(batch.regions, probs):
+            boxes_k, scores, labels, index = select_detections(r.boxes, p, self.config)
+            picked.append((boxes_k, scores, labels, r.embeddings[index],
+                           r.image_embeddings[index] if r.image_embeddings is not None else None))
         masks = [None] * len(picked)
         if self.config.with_masks:
-            masks = self.roi_heads.predict_masks(features, [p[0] for p in picked], sizes)
+            masks = self.roi_heads.predict_masks(batch.features, [p[0] for p in picked], batch.sizes)
         detections = []
-        for (boxes_k, scores, labels, emb, img_emb), m, size, orig in zip(picked, masks, sizes, original_sizes):
+        for (boxes_k, scores, labels, emb, img_emb), m, size, orig in zip(
+            picked, masks, batch.sizes, batch.original_sizes
+        ):
             result = {"boxes": boxes_k}
             if m is not None:
                 result["masks"] = m

@@ -1,0 +1,65 @@
+"""`vild embed-regions`: teacher embeddings of a base-trained RPN's proposals, stored once."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "embed-regions",
+        help="precompute teacher embeddings of RPN proposals for ViLD-image distillation",
+        description="Runs a trained model's RPN over the training images, embeds the 1x and 1.5x "
+        "crops of the top proposals with the teacher, and stores them in resumable shards.",
+    )
+    p.add_argument("--model", required=True, help="model folder whose (base-trained) RPN proposes")
+    p.add_argument("--teacher", required=True, help="teacher folder, hf-hub:org/repo or ARCH:tag")
+    p.add_argument("--world", help="a ShapeWorld-OV world (its train split)")
+    p.add_argument("--images", help="images folder (with --annotations)")
+    p.add_argument("--annotations", help="LVIS/COCO-format json listing the images")
+    p.add_argument("--num-proposals", type=int, default=300, help="proposals kept per image")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--restart", action="store_true", help="discard an existing store instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="store folder")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from vild.data.detection import DetectionDataset
+    from vild.errors import VildError
+    from vild.regions.embed import embed_regions
+    from vild.teacher import Teacher
+    from vild.training.checkpoint import MODEL_WEIGHTS, load_model
+    from vild.training.vocabulary import world_paths
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.world:
+        paths = world_paths(args.world)
+        images, annotations = paths["train_images"], paths["train_base"]
+    elif args.images and args.annotations:
+        images, annotations = args.images, args.annotations
+    else:
+        raise VildError("give --world, or both --images and --annotations")
+    model = load_model(args.model)
+    teacher = Teacher.load(args.teacher)
+    dataset = DetectionDataset(images, annotations, with_masks=False)
+    from vild.regions.store import sha256_file
+
+    store = embed_regions(
+        dataset,
+        model.propose,
+        teacher,
+        args.out,
+        num_proposals=args.num_proposals,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        resume=not args.restart,
+        progress=not args.no_progress,
+        metadata={"rpn_model": sha256_file(f"{args.model}/{MODEL_WEIGHTS}")[:16]},
+    )
+    print(f"{len(store)} images embedded in {args.out}")
+    return 0

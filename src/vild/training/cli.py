@@ -1,0 +1,98 @@
+"""`vild train`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a ViLD detector (ViLD-text, ViLD-image, ViLD, ViLD-ensemble, supervised)",
+        description="Train a detector on base categories; the classifier is the teacher's text "
+        "embeddings. Give --world for a ShapeWorld-OV world, or --images/--annotations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_argument_group("data")
+    src.add_argument("--world", help="a ShapeWorld-OV world directory (vild make-world)")
+    src.add_argument("--images", help="training images folder")
+    src.add_argument("--annotations", help="LVIS/COCO-format training annotations")
+    src.add_argument(
+        "--categories", default="base",
+        help="trained categories: base (not novel/rare), all, or comma-separated category ids",
+    )
+    src.add_argument("--supervised", action="store_true",
+                     help="the supervised baseline: every category labelled, Repeat Factor Sampling")
+    src.add_argument("--region-store", help="teacher embeddings of proposals (vild embed-regions)")
+    p.add_argument("--teacher", required=True, help="teacher folder, hf-hub:org/repo or ARCH:tag")
+    p.add_argument("--preset", default="shapeworld", help="named recipe (see vild.training.presets)")
+    p.add_argument("--mode", choices=["text", "image", "vild", "ensemble"], help="ViLD variant")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any model or training setting, e.g. --set temperature=50")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from vild.errors import VildError
+    from vild.teacher import Teacher
+    from vild.training.loop import TrainData, train_detector
+    from vild.training.presets import parse_overrides, preset
+    from vild.training.vocabulary import dataset_vocabulary, subset, text_embeddings_for, world_paths
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.world:
+        paths = world_paths(args.world)
+        images = paths["train_images"]
+        annotations = paths["train_all" if args.supervised else "train_base"]
+    elif args.images and args.annotations:
+        images, annotations = args.images, args.annotations
+    else:
+        raise VildError("give --world, or both --images and --annotations")
+    model_over, train_over = parse_overrides(args.set)
+    if args.mode:
+        model_over["mode"] = args.mode
+    if args.steps:
+        train_over["steps"] = args.steps
+    if args.seed is not None:
+        train_over["seed"] = args.seed
+    if args.supervised:
+        model_over.setdefault("mode", "text")
+        train_over.setdefault("repeat_factor_threshold", 0.001)
+
+    teacher = Teacher.load(args.teacher)
+    vocabulary = dataset_vocabulary(annotations)
+    vocabulary["teacher"] = {"name": args.teacher, "identity": teacher.identity}
+    categories = "all" if args.supervised else args.categories
+    if categories == "all":
+        ids = vocabulary["category_ids"]
+    elif categories == "base":
+        ids = [c for c, b in zip(vocabulary["category_ids"], vocabulary["base"]) if b]
+    else:
+        try:
+            ids = [int(x) for x in categories.split(",") if x.strip()]
+        except ValueError:
+            raise VildError(f"--categories: expected base, all or ids, got {categories!r}") from None
+    # "base" in a saved vocabulary = labelled in this model's training (ensemble weighting)
+    trained = set(ids)
+    vocabulary["novel"] = [not b for b in vocabulary["base"]]
+    vocabulary["base"] = [c in trained for c in vocabulary["category_ids"]]
+    all_embeddings = text_embeddings_for(teacher, vocabulary, progress=not args.no_progress)
+    model_over["embed_dim"] = int(all_embeddings.shape[1])
+    model_config, train_config = preset(args.preset, model=model_over, train=train_over)
+    data = TrainData(str(images), str(annotations), tuple(ids), args.region_store)
+    out = train_detector(
+        model_config, train_config, data, all_embeddings[subset(vocabulary, ids)], args.out,
+        vocabulary=vocabulary, all_text_embeddings=all_embeddings, resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(f"model written to {out}")
+    return 0

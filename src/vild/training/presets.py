@@ -1,0 +1,115 @@
+"""Named (model, training) recipes. `lvis-*` follow the official ViLD configs; `shapeworld-*`
+are scaled to train on 2 CPU cores (see README: deviations)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vild.errors import VildError
+from vild.model import ViLDConfig
+from vild.training.config import TrainConfig
+
+_SHAPEWORLD_MODEL = dict(
+    backbone="tiny",
+    tiny_widths=(32, 64, 96, 128),
+    norm="bn",
+    fpn_channels=64,
+    min_size=128,
+    max_size=128,
+    anchor_sizes=(8, 16, 32, 64, 128),
+    rpn_pre_nms_top_n_train=600,
+    rpn_post_nms_top_n_train=300,
+    rpn_pre_nms_top_n_test=1000,
+    rpn_post_nms_top_n_test=1000,
+    rpn_batch_size_per_image=128,
+    head_conv_dims=(),
+    head_fc_dims=(256, 256),
+    head_norm=None,
+    roi_batch_size_per_image=64,
+    mask_head_dims=(32, 32),
+    temperature=50.0,
+    image_temperature=50.0,
+)
+
+_SHAPEWORLD_TRAIN = dict(
+    batch_size=8,
+    lr=0.04,
+    weight_decay=1e-4,
+    warmup_steps=50,
+    warmup_factor=0.1,
+    output_size=128,
+    scale_range=(0.7, 1.4),
+    checkpoint_every=200,
+)
+
+PRESETS: dict[str, tuple[dict, dict]] = {
+    # ShapeWorld-OV on CPU: a narrow ResNet-FPN at 128 px.
+    "shapeworld": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=1500)),
+    # A few steps, for plumbing tests and --quick runs.
+    "shapeworld-quick": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=12, warmup_steps=4)),
+    # The official LVIS recipe (vild-method.md), R50-FPN and R152-FPN at 1024 px.
+    "lvis-r50": (
+        dict(backbone="resnet50", min_size=1024, max_size=1024, temperature=100.0, distill_weight=0.5),
+        dict(steps=180_000, batch_size=256, lr=0.32, weight_decay=4e-5, warmup_steps=1000,
+             warmup_factor=0.01, output_size=1024, scale_range=(0.1, 2.0), clip_grad_norm=None,
+             checkpoint_every=5000),
+    ),
+    "lvis-r152": (
+        dict(backbone="resnet152", min_size=1024, max_size=1024, temperature=100.0, distill_weight=1.0),
+        dict(steps=180_000, batch_size=256, lr=0.32, weight_decay=4e-5, warmup_steps=1000,
+             warmup_factor=0.01, output_size=1024, scale_range=(0.1, 2.0), clip_grad_norm=None,
+             checkpoint_every=5000),
+    ),
+}
+
+
+def preset(name: str, *, model: dict | None = None, train: dict | None = None) -> tuple[ViLDConfig, TrainConfig]:
+    """A named recipe with overrides applied: -> (ViLDConfig, TrainConfig)."""
+    if name not in PRESETS:
+        raise VildError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    model_kwargs, train_kwargs = PRESETS[name]
+    model_kwargs = {**model_kwargs, **(model or {})}
+    train_kwargs = {**train_kwargs, **(train or {})}
+    try:
+        return ViLDConfig(**model_kwargs), TrainConfig(**train_kwargs)
+    except (TypeError, ValueError) as e:
+        raise VildError(f"bad configuration: {e}") from None
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
+    """["temperature=50", "steps=100"] -> (model overrides, train overrides), typed by field."""
+    model_fields = {f.name: f for f in dataclasses.fields(ViLDConfig)}
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    model, train = {}, {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise VildError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        target = model if key in model_fields else train if key in train_fields else None
+        if target is None:
+            raise VildError(f"--set: unknown setting {key!r}")
+        default = (model_fields.get(key) or train_fields[key]).default
+        target[key] = _parse_value(raw, default, key)
+    return model, train
+
+
+def _parse_value(raw: str, default, key: str):
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, tuple):
+            items = [x for x in raw.split(",") if x]
+            kind = type(default[0]) if default else str
+            return tuple(kind(x) for x in items)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float) or default is None:
+            try:
+                return float(raw)
+            except ValueError:
+                return raw
+        return raw
+    except ValueError:
+        raise VildError(f"--set {key}: cannot parse {raw!r}") from None

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from vild.errors import VildError
+from vild.training.checkpoint import load_model, load_vocabulary
+from vild.training.config import TrainConfig, learning_rate
+from vild.training.loop import StepBatches, TrainData, train_detector
+from vild.training.presets import parse_overrides, preset
+from vild.training.vocabulary import dataset_vocabulary, world_paths
+
+
+def test_learning_rate_warmup_and_decay():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, warmup_factor=0.1, decay_at=(0.5, 0.9))
+    assert learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 5) == pytest.approx(0.55)
+    assert learning_rate(cfg, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 50) == pytest.approx(0.1)
+    assert learning_rate(cfg, 95) == pytest.approx(0.01)
+
+
+class _FakeDataset:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_step_batches_deterministic_and_cover_epochs():
+    cfg = TrainConfig(batch_size=4, seed=3)
+    a, b = StepBatches(_FakeDataset(10), cfg), StepBatches(_FakeDataset(10), cfg)
+    first_epoch = a.indices(0) + a.indices(1) + a.indices(2)[:2]
+    assert sorted(first_epoch) == list(range(10))  # one epoch = a permutation
+    assert [b.indices(s) for s in (5, 0, 2)] == [a.indices(s) for s in (5, 0, 2)]
+
+
+def _setup(world, mode="text"):
+    paths = world_paths(world)
+    vocab = dataset_vocabulary(paths["train_base"])
+    base_ids = tuple(c for c, b in zip(vocab["category_ids"], vocab["base"]) if b)
+    model_cfg, train_cfg = preset(
+        "shapeworld-quick", model=dict(mode=mode, embed_dim=16),
+        train=dict(steps=4, batch_size=2, checkpoint_every=2, warmup_steps=2),
+    )
+    text = F.normalize(torch.randn(len(vocab["names"]), 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    base_rows = [vocab["category_ids"].index(c) for c in base_ids]
+    data = TrainData(str(paths["train_images"]), str(paths["train_base"]), base_ids)
+    return model_cfg, train_cfg, data, text, base_rows, vocab
+
+
+def test_train_writes_loadable_model(tiny_world, tmp_path):
+    model_cfg, train_cfg, data, text, rows, vocab = _setup(tiny_world)
+    out = train_detector(model_cfg, train_cfg, data, text[rows], tmp_path / "m", vocabulary=vocab,
+                         all_text_embeddings=text, progress=False)
+    model = load_model(out)
+    assert model.config == model_cfg and not model.training
+    saved_vocab, saved_text = load_vocabulary(out)
+    assert saved_vocab["names"] == vocab["names"] and torch.equal(saved_text, text)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(torch.isfinite(torch.tensor(r["loss"])) for r in lines)
+    with pytest.raises(VildError, match="already holds"):
+        train_detector(model_cfg, train_cfg, data, text[rows], out, progress=False)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_world, tmp_path):
+    model_cfg, train_cfg, data, text, rows, _ = _setup(tiny_world)
+    full = train_detector(model_cfg, train_cfg, data, text[rows], tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train_detector(model_cfg, train_cfg, data, text[rows], part, progress=False, stop_after=3)
+    assert not (part / "model.safetensors").exists()
+    train_detector(model_cfg, train_cfg, data, text[rows], part, progress=False, resume=True)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_distilling_mode_requires_region_store(tiny_world, tmp_path):
+    model_cfg, train_cfg, data, text, rows, _ = _setup(tiny_world, mode="vild")
+    with pytest.raises(VildError, match="region store"):
+        train_detector(model_cfg, train_cfg, data, text[rows], tmp_path / "m", progress=False)
+
+
+def test_wrong_text_shape_rejected(tiny_world, tmp_path):
+    model_cfg, train_cfg, data, text, rows, _ = _setup(tiny_world)
+    with pytest.raises(VildError, match="do not fit"):
+        train_detector(model_cfg, train_cfg, data, text, tmp_path / "m", progress=False)
+
+
+def test_init_from_and_freeze(tiny_world, tmp_path):
+    model_cfg, train_cfg, data, text, rows, _ = _setup(tiny_world)
+    first = train_detector(model_cfg, train_cfg, data, text[rows], tmp_path / "a", progress=False)
+    cfg2 = TrainConfig(**{**train_cfg.__dict__, "init_from": str(first), "freeze": ("backbone",)})
+    second = train_detector(model_cfg, cfg2, data, text[rows], tmp_path / "b", progress=False)
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert torch.equal(a["backbone.body.conv1.weight"], b["backbone.body.conv1.weight"])
+    assert torch.equal(a["backbone.body.bn1.running_mean"], b["backbone.body.bn1.running_mean"])
+    assert not torch.equal(a["roi_heads.background"], b["roi_heads.background"])
+
+
+def test_overrides_are_typed_and_checked():
+    model, train = parse_overrides(["temperature=30", "steps=7", "freeze=backbone,rpn", "init_from=none"])
+    assert model == {"temperature": 30.0}
+    assert train == {"steps": 7, "freeze": ("backbone", "rpn"), "init_from": None}
+    with pytest.raises(VildError, match="unknown setting"):
+        parse_overrides(["nope=1"])
+    with pytest.raises(VildError, match="unknown preset"):
+        preset("nope")
