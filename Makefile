@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
-	$(BIN)/python -m vild.demo
+	$(BIN)/python benchmarks/shapeworld.py --quick --seeds 1
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -82,12 +82,22 @@ def evaluate_rpn_recall(
     model, images_dir, annotations, *, category_ids=None, limits=(100, 300, 1000), batch_size=8,
     max_images=None, progress=True,
 ) -> dict:
-    """RPN average recall (IoU 0.5:0.95) on `category_ids` (e.g. the novel ones)."""
+    """RPN average recall (IoU 0.5:0.95) on `category_ids` (e.g. the novel ones).
+
+    The RPN keeps max(limits) proposals here, whatever the model's test-time setting.
+    """
     proposals = {}
-    for image_ids, images in tqdm(
-        _image_batches(images_dir, annotations, batch_size, max_images), desc="rpn recall",
-        disable=not progress,
-    ):
-        for image_id, (boxes, scores) in zip(image_ids, model.propose(images)):
-            proposals[image_id] = (boxes, scores)
+    rpn = model.rpn
+    saved = dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n)
+    rpn._pre_nms_top_n["testing"] = max(saved[0]["testing"], max(limits))
+    rpn._post_nms_top_n["testing"] = max(limits)
+    try:
+        for image_ids, images in tqdm(
+            _image_batches(images_dir, annotations, batch_size, max_images), desc="rpn recall",
+            disable=not progress,
+        ):
+            for image_id, (boxes, scores) in zip(image_ids, model.propose(images)):
+                proposals[image_id] = (boxes, scores)
+    finally:
+        rpn._pre_nms_top_n, rpn._post_nms_top_n = saved
     return proposal_recall(str(annotations), proposals, category_ids=category_ids, limits=limits)
