@@ -51,6 +51,7 @@ ROWS = [
     ("ViLD-text + CLIP", "text+clip"),
     ("Supervised-RFS (base+novel)", "supervised"),
 ]
+TRUNK_DIM = 64  # width of the trunk's random class prototypes (its heads are not reused)
 QUICK_WORLD = dict(num_train=24, num_val=12, num_web=40, num_web_val=5)
 
 
@@ -101,7 +102,8 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     if steps:
         train_over["steps"] = steps
     if init_from is not None:
-        train_over.update(init_from=str(init_from), freeze=tuple(args.freeze))
+        train_over.update(init_from=str(init_from), init_modules=("backbone", "rpn"),
+                          freeze=tuple(args.freeze))
     model_cfg, train_cfg = preset(
         "shapeworld-quick" if args.quick else "shapeworld",
         model=dict(mode=mode, embed_dim=text.shape[1]), train=train_over,
@@ -163,7 +165,7 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
         result = evaluate_detector(
             load_model(model_dir), paths["val_images"], paths["val"], text, vocab["category_ids"],
             base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=teacher,
-            progress=args.progress,
+            progress=args.progress, max_images=args.val_images, num_crop_regions=args.crop_regions,
         )
         return row_metrics(result)
 
@@ -182,7 +184,7 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     for label, key in (("base", "text"), ("base+novel", "supervised")):
         recall[label] = evaluate_rpn_recall(
             load_model(model_dirs[key]), paths["val_images"], paths["val"], category_ids=novel_ids,
-            progress=args.progress,
+            progress=args.progress, max_images=args.val_images,
         )
     return {"rows": rows, "rpn_recall_novel": recall, "timings_s": timings}
 
@@ -247,7 +249,11 @@ def main() -> int:
     parser.add_argument("--rfs-threshold", type=float, default=0.1,
                         help="Repeat Factor Sampling threshold of the supervised row (LVIS: 0.001; "
                         "ShapeWorld's rare categories are too frequent for that to repeat anything)")
-    parser.add_argument("--num-proposals", type=int, default=100)
+    parser.add_argument("--num-proposals", type=int, default=100,
+                        help="proposals per training image whose teacher embeddings are distilled")
+    parser.add_argument("--val-images", type=int, help="evaluate on the first N val images (default: all)")
+    parser.add_argument("--crop-regions", type=int, default=300,
+                        help="proposals classified by the teacher in the CLIP rows")
     parser.add_argument("--quick", action="store_true", help="tiny world and schedules (plumbing only)")
     parser.add_argument("--fresh", action="store_true", help="retrain rows even if their models exist")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -263,19 +269,26 @@ def main() -> int:
     if args.fresh and args.work.exists():
         shutil.rmtree(args.work)
     ensure_world(args.world, args.quick, args.progress)
+    vocab = dataset_vocabulary(world_paths(args.world)["val"])
+    shared, shared_timings = {}, {}
+    if args.protocol == "trunk":
+        # One base-trained trunk (backbone + RPN, from scratch), shared by every seed like a
+        # pretrained backbone. It is a closed-vocabulary detector over the base categories with
+        # fixed random class prototypes, so it needs no teacher and sees no novel label. Its RPN
+        # is the base-trained RPN whose proposals are distilled.
+        prototypes = torch.nn.functional.normalize(
+            torch.randn(len(vocab["names"]), TRUNK_DIM, generator=torch.Generator().manual_seed(1000)), dim=-1
+        )
+        shared["trunk"] = train_row(args.work / "trunk", "text", seed=1000, args=args, world=args.world,
+                                    vocab=vocab, text=prototypes, steps=args.trunk_steps,
+                                    timings=shared_timings)
     ensure_teacher(args.teacher, args.world, args.quick, args.progress)
 
     from vild.teacher import Teacher
 
     teacher = Teacher.load(str(args.teacher))
-    vocab = dataset_vocabulary(world_paths(args.world)["val"])
     text = text_embeddings_for(teacher, vocab)
-    shared, shared_timings = {}, {}
     if args.protocol == "trunk":
-        # One class-aware base trunk (ViLD-text from scratch), shared by every seed like a
-        # pretrained backbone; its RPN is the base-trained RPN whose proposals are distilled.
-        shared["trunk"] = train_row(args.work / "trunk", "text", seed=1000, args=args, world=args.world,
-                                    vocab=vocab, text=text, steps=args.trunk_steps, timings=shared_timings)
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)
     per_seed = []
@@ -295,6 +308,8 @@ def main() -> int:
         "model_config": config_to_dict(model_cfg),
         "train_config": config_to_dict(train_cfg),
         "num_proposals_distilled": args.num_proposals,
+        "val_images": args.val_images,
+        "crop_regions": args.crop_regions,
         "protocol": args.protocol,
         "freeze": args.freeze if args.protocol == "trunk" else [],
         "trunk_steps": args.trunk_steps,

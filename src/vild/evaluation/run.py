@@ -28,6 +28,7 @@ def _image_batches(images_dir, annotations, batch_size, max_images):
 def predict_split(
     model, images_dir, annotations, text_embeddings, category_ids, *,
     base_mask=None, method="native", teacher=None, batch_size=4, max_images=None, progress=True,
+    num_crop_regions=300,
 ) -> tuple[list[dict], dict]:
     """-> (COCO-format results, {"images", "ms_per_image"}). Timing covers inference only."""
     from vild.inference.methods import detect_batch
@@ -39,7 +40,8 @@ def predict_split(
     for image_ids, images in _image_batches(images_dir, annotations, batch_size, max_images):
         started = time.perf_counter()
         detections = detect_batch(
-            model, images, text_embeddings, base_mask=base_mask, method=method, teacher=teacher
+            model, images, text_embeddings, base_mask=base_mask, method=method, teacher=teacher,
+            num_crop_regions=num_crop_regions,
         )
         seconds += time.perf_counter() - started
         images_done += len(images)
@@ -53,13 +55,13 @@ def predict_split(
 def evaluate_detector(
     model, images_dir, annotations, text_embeddings, category_ids, *,
     base_mask=None, novel_category_ids=None, method="native", teacher=None, batch_size=4,
-    max_images=None, results_path: str | Path | None = None, progress=True,
+    max_images=None, results_path: str | Path | None = None, progress=True, num_crop_regions=300,
 ) -> dict:
     """Predict and evaluate: {"lvis": {segm, bbox}, "coco": {segm, bbox}, "timing": ...}."""
     results, timing = predict_split(
         model, images_dir, annotations, text_embeddings, category_ids, base_mask=base_mask,
         method=method, teacher=teacher, batch_size=batch_size, max_images=max_images,
-        progress=progress,
+        progress=progress, num_crop_regions=num_crop_regions,
     )
     if results_path is not None:
         save_results(results_path, results)

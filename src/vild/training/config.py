@@ -13,7 +13,8 @@ class TrainConfig:
     (the official 162k and 171k of 180k are 0.9 and 0.95).
     repeat_factor_threshold: Repeat Factor Sampling threshold (LVIS: 0.001); None = plain shuffle.
     init_from: a model folder whose matching weights initialise this model (e.g. a shared
-    class-agnostic trunk); freeze: module prefixes kept fixed ("backbone", "rpn", ...).
+    class-agnostic trunk), restricted to the module prefixes in init_modules (empty = all);
+    freeze: module prefixes kept fixed ("backbone", "rpn", ...).
     clip_grad_norm: gradients clipped to this total norm (None = off). The official recipe has
     no clipping; from-scratch CPU runs with temperature 100 diverge without it.
     """
@@ -33,6 +34,7 @@ class TrainConfig:
     hflip_prob: float = 0.5
     repeat_factor_threshold: float | None = None
     init_from: str | None = None
+    init_modules: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
     checkpoint_every: int = 500
     log_every: int = 20

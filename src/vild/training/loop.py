@@ -69,8 +69,9 @@ class StepBatches:
         return out
 
 
-def initialise_from(model: torch.nn.Module, folder: str | Path) -> list[str]:
-    """Copy every weight of a saved model whose name and shape match; returns the names copied."""
+def initialise_from(model: torch.nn.Module, folder: str | Path, modules: tuple[str, ...] = ()) -> list[str]:
+    """Copy every weight of a saved model whose name and shape match (under `modules`, if
+    given); returns the names copied."""
     from safetensors.torch import load_file
 
     path = Path(folder) / MODEL_WEIGHTS
@@ -78,7 +79,11 @@ def initialise_from(model: torch.nn.Module, folder: str | Path) -> list[str]:
         raise VildError(f"init_from: {path} not found")
     source = load_file(str(path))
     own = model.state_dict()
-    copied = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    copied = {
+        k: v for k, v in source.items()
+        if k in own and own[k].shape == v.shape
+        and (not modules or any(k.startswith(m) for m in modules))
+    }
     if not copied:
         raise VildError(f"init_from: no weight of {path} fits this model")
     model.load_state_dict(copied, strict=False)
@@ -131,7 +136,7 @@ def train_detector(
     )
     batches = StepBatches(dataset, train_config)
     if train_config.init_from:
-        initialise_from(model, train_config.init_from)
+        initialise_from(model, train_config.init_from, tuple(train_config.init_modules))
     for name, param in model.named_parameters():
         if any(name.startswith(prefix) for prefix in train_config.freeze):
             param.requires_grad_(False)
