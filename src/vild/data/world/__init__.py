@@ -1,0 +1,21 @@
+"""ShapeWorld-OV: a procedural open-vocabulary detection world with a web image-caption corpus.
+
+    from vild.data.world import make_world, load_world, WorldConfig
+    world = make_world("data/world", WorldConfig(seed=0))   # or: vild make-world data/world
+    world = load_world("data/world")
+    world.val_annotations, world.novel_ids, world.load_web("train").images
+
+See docs/shapeworld.md for the categories, splits and defaults.
+"""
+
+from vild.data.world.build import WorldConfig, image_file_name, make_world, validate_config
+from vild.data.world.categories import (
+    COLOURS, TEXTURES, Category, CategorySpec, build_categories, load_category_specs, resolve_novel,
+)
+from vild.data.world.layout import WebCorpus, World, load_world
+
+__all__ = [
+    "COLOURS", "TEXTURES", "Category", "CategorySpec", "WebCorpus", "World", "WorldConfig",
+    "build_categories", "image_file_name", "load_category_specs", "load_world", "make_world",
+    "resolve_novel", "validate_config",
+]
