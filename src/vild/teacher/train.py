@@ -1,0 +1,508 @@
+"""Training the ShapeWorld-OV teacher: a small CLIP, contrastive on the web image-caption corpus.
+
+The teacher sees only `OUT/web/train.npz` images and `OUT/web/train_captions.json` captions,
+never a detection annotation. Model, tokenizer and loss are open_clip's own
+(`vild-shapeworld-clip` config, `SimpleTokenizer`, `open_clip.loss.ClipLoss`); the result is
+an open_clip folder (`open_clip_config.json` + `open_clip_model.safetensors`) that
+`Teacher.load(folder)` and `open_clip.create_model_and_transforms("local-dir:" + folder)` load.
+
+Augmentation imitates detector proposals: random box jitter (scale, aspect, shift; boxes may
+reach past the image, padded with the mean colour exactly like `Teacher.encode_regions`),
+horizontal flips and light brightness/contrast changes. Hue and saturation are never changed:
+colour words are part of the captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vild.errors import VildError
+from vild.teacher.crops import crop_and_resize
+
+SIMPLE_TEMPLATES = ("a photo of a {}.", "{}", "a {} shape.")
+
+
+@dataclass(frozen=True)
+class TeacherTrainConfig:
+    """Settings of `train_teacher`. `steps` (if set) overrides `epochs`."""
+
+    epochs: float = 6.0
+    steps: int | None = None
+    batch_size: int = 256
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads while training (None: leave torch's setting)
+    precision: str = "bf16"  # "bf16" (CPU/GPU autocast) | "fp32"
+    # augmentation (boxes relative to the image side)
+    aug_scale: tuple[float, float] = (0.75, 1.25)
+    aug_aspect: float = 0.2  # max |log(aspect)| jitter
+    aug_shift: float = 0.1  # max centre shift
+    aug_flip: float = 0.5
+    aug_brightness: float = 0.08
+    aug_contrast: float = 0.15
+    # caption-consistent colour decorrelation: drop the colour word from this fraction of
+    # captions, and change the hue of images whose caption names no colour (the caption stays
+    # true). Without it the model learns colour first and shape very late.
+    colour_dropout: float = 0.0
+    hue_augment: float = 0.0
+    eval_every: int = 0  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
+
+
+@dataclass
+class WebCorpus:
+    """The web image-caption corpus of a ShapeWorld-OV world."""
+
+    images: torch.Tensor  # uint8 [N, 3, S, S]
+    captions: list[str]
+    category_ids: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def load_web_corpus(world_dir: str | os.PathLike, split: str = "train") -> WebCorpus:
+    """`WORLD/web/{split}.npz` + `{split}_captions.json` -> WebCorpus (images as [N, 3, S, S])."""
+    world = Path(world_dir).expanduser()
+    npz_path = world / "web" / f"{split}.npz"
+    cap_path = world / "web" / f"{split}_captions.json"
+    if not world.is_dir():
+        raise VildError(f"world folder not found: {world} (generate one with `vild make-world {world}`)")
+    for p in (npz_path, cap_path):
+        if not p.is_file():
+            raise VildError(f"{p} is missing: {world} is not a complete ShapeWorld-OV world "
+                            f"(re-run `vild make-world {world} --overwrite`)")
+    try:
+        with np.load(npz_path) as data:
+            images = data["images"]
+            ids = data["category_ids"] if "category_ids" in data.files else np.zeros(len(images), np.int64)
+    except (KeyError, ValueError, OSError) as e:
+        raise VildError(f"{npz_path} is not a web corpus npz (images, category_ids): {e}") from None
+    try:
+        captions = json.loads(cap_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VildError(f"{cap_path} is not valid JSON: {e}") from None
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise VildError(f"{npz_path}: images must be uint8 [N, S, S, 3], got {images.dtype} {images.shape}")
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise VildError(f"{cap_path} must be a JSON list of strings")
+    if len(captions) != len(images) or len(ids) != len(images):
+        raise VildError(f"{world / 'web'}: {len(images)} images, {len(captions)} captions and "
+                        f"{len(ids)} category ids for split {split!r}; they must match")
+    if len(images) == 0:
+        raise VildError(f"{npz_path} holds no images")
+    return WebCorpus(
+        images=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+        captions=captions,
+        category_ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+    )
+
+
+def _colour_words(world_dir: Path) -> list[str]:
+    """Colour names of a world (world.json["colours"]), [] if it lists none."""
+    try:
+        data = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
+        return [c["name"] if isinstance(c, dict) else str(c) for c in data.get("colours", [])]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return []
+
+
+def load_categories(world_dir: str | os.PathLike) -> list[dict]:
+    """`WORLD/world.json["categories"]`: [{id, name, synonyms, frequency, novel}, ...]."""
+    path = Path(world_dir).expanduser() / "world.json"
+    if not path.is_file():
+        raise VildError(f"{path} is missing (generate the world with `vild make-world`)")
+    try:
+        cats = json.loads(path.read_text(encoding="utf-8"))["categories"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise VildError(f"{path} has no categories list: {e}") from None
+    return cats
+
+
+def augment(images: torch.Tensor, config: TeacherTrainConfig, generator: torch.Generator,
+            *, mean: torch.Tensor, std: torch.Tensor, out_size: int,
+            hue_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> normalised float [B, 3, out, out] with random proposal-like jitter.
+
+    Brightness / contrast act on all channels alike (hue and saturation kept); the crop box
+    is a jittered square-ish box around the image, cut with the teacher's own crop op.
+    """
+    b, _, h, w = images.shape
+    x = images.float().div_(255.0)
+    g = generator
+    if hue_mask is not None and bool(hue_mask.any()):
+        x = hue_change(x, hue_mask, g)
+    if config.aug_contrast > 0 or config.aug_brightness > 0:
+        c = 1.0 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * config.aug_contrast
+        br = 1.0 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * config.aug_brightness
+        m = x.mean(dim=(1, 2, 3), keepdim=True)  # one grey level per image: hue is kept
+        x = (((x - m) * c + m) * br).clamp_(0.0, 1.0)
+    x = (x - mean) / std
+    lo, hi = config.aug_scale
+    side = torch.exp(torch.empty(b).uniform_(math.log(lo), math.log(hi), generator=g))
+    aspect = torch.exp(torch.empty(b).uniform_(-config.aug_aspect, config.aug_aspect, generator=g))
+    bw = side * torch.sqrt(aspect) * w
+    bh = side / torch.sqrt(aspect) * h
+    cx = w / 2 + torch.empty(b).uniform_(-config.aug_shift, config.aug_shift, generator=g) * w
+    cy = h / 2 + torch.empty(b).uniform_(-config.aug_shift, config.aug_shift, generator=g) * h
+    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
+    crops = crop_and_resize(x, list(boxes.unsqueeze(1)), out_size)  # pads with 0 = mean colour
+    if config.aug_flip > 0:
+        flip = torch.rand(b, generator=g) < config.aug_flip
+        crops = torch.where(flip.view(b, 1, 1, 1), crops.flip(-1), crops)
+    return crops
+
+
+_ARTICLE = re.compile(r"\b(a|an) (?=(\S))", re.IGNORECASE)
+
+
+def strip_words(caption: str, words: Sequence[str]) -> tuple[str, bool]:
+    """Remove whole `words` from a caption (fixing a/an); returns (caption, anything removed)."""
+    if not words:
+        return caption, False
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b ?",
+                         re.IGNORECASE)
+    out, n = pattern.subn("", caption)
+    if not n:
+        return caption, False
+    out = re.sub(r"\s+", " ", out).strip()
+
+    def fix(m: re.Match) -> str:
+        art = "an" if m.group(2).lower() in "aeiou" else "a"
+        return (art.capitalize() if m.group(1)[0].isupper() else art) + " "
+
+    return _ARTICLE.sub(fix, out), True
+
+
+def hue_change(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For images where mask: a random non-identity channel permutation, or grey (1 in 6)."""
+    perms = torch.tensor([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+    b = x.shape[0]
+    choice = torch.randint(0, 6, (b,), generator=generator)
+    idx = perms[choice.clamp(max=4)]  # [B, 3]
+    permuted = torch.gather(x, 1, idx.view(b, 3, 1, 1).expand_as(x))
+    grey = x.mean(dim=1, keepdim=True).expand_as(x)
+    changed = torch.where((choice == 5).view(b, 1, 1, 1), grey, permuted)
+    return torch.where(mask.view(b, 1, 1, 1), changed, x)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or "positional_embedding" in name or "class_embedding" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, total: int, config: TeacherTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    t = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def class_prompts(categories: list[dict], templates=SIMPLE_TEMPLATES) -> list[list[str]]:
+    """Per category, prompts over its name and synonyms (underscores -> spaces)."""
+    out = []
+    for c in categories:
+        names = [c["name"].replace("_", " ")] + [s.replace("_", " ") for s in c.get("synonyms", [])]
+        out.append([t.format(n) for n in names for t in templates])
+    return out
+
+
+@torch.no_grad()
+def text_classifier(teacher, prompts: list[list[str]]) -> torch.Tensor:
+    """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
+    rows = [F.normalize(teacher.encode_text(p).mean(0), dim=-1) for p in prompts]
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def zero_shot_predict(teacher, images: torch.Tensor, classifier: torch.Tensor, *,
+                      batch_size: int = 512) -> torch.Tensor:
+    """uint8 [N, 3, S, S] (or float 0..1) -> predicted class index [N] (argmax cosine)."""
+    preds = []
+    for s in range(0, images.shape[0], batch_size):
+        x = images[s:s + batch_size]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        emb = teacher.encode_images(x)
+        preds.append((emb @ classifier.to(emb.device).T).argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def train_teacher(
+    world_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TeacherTrainConfig = TeacherTrainConfig(),
+    *,
+    model_cfg: dict | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict:
+    """Train the teacher on `world_dir`'s web corpus and save it to `out_dir`; returns a summary.
+
+    model_cfg: open_clip model config (None -> the packaged `vild-shapeworld-clip`).
+    The output folder appears only when training has finished (atomic write).
+    """
+    _check_config(config)
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    try:
+        return _train(world_dir, out_dir, config, model_cfg=model_cfg, device=device,
+                      progress=progress, log=log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device, progress, log) -> dict:
+    from open_clip.loss import ClipLoss
+    from tqdm.auto import tqdm
+
+    from vild.teacher.arch import create_clip
+    from vild.teacher.teacher import Teacher, save_teacher_folder
+
+    torch.manual_seed(config.seed)
+    world_dir = Path(world_dir).expanduser()
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VildError(f"--out {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "open_clip_config.json").is_file():
+        raise VildError(f"--out {out_dir} exists and is not a teacher folder; refusing to overwrite it")
+
+    corpus = load_web_corpus(world_dir, "train")
+    n = len(corpus)
+    model, tokenizer, cfg = create_clip(model_cfg, device=device)
+    image_size = int(cfg["vision_cfg"]["image_size"])
+    context_length = int(cfg["text_cfg"].get("context_length", 77))
+
+    # normalisation statistics of this corpus (stored with the weights)
+    gen = torch.Generator().manual_seed(config.seed)
+    sample = corpus.images[torch.randperm(n, generator=gen)[:2048]].float().div_(255.0)
+    mean_t = sample.mean(dim=(0, 2, 3)).view(1, 3, 1, 1)
+    std_t = sample.std(dim=(0, 2, 3)).clamp(min=1e-3).view(1, 3, 1, 1)
+    mean = tuple(round(float(v), 4) for v in mean_t.flatten())
+    std = tuple(round(float(v), 4) for v in std_t.flatten())
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+
+    tokens = tokenizer(corpus.captions)  # [N, ctx]
+    colour_words = _colour_words(world_dir) if (config.colour_dropout > 0 or config.hue_augment > 0) else []
+    stripped = [strip_words(c, colour_words) for c in corpus.captions]
+    names_colour = torch.tensor([changed for _, changed in stripped])  # caption names a colour
+    tokens_plain = tokenizer([c for c, _ in stripped]) if config.colour_dropout > 0 else tokens
+    wide = tokenizer(corpus.captions[: min(n, 4096)], context_length=context_length + 1)
+    truncated = int((wide[:, -1] != 0).sum())
+    if truncated and log:
+        log(f"warning: {truncated} of the first {wide.shape[0]} captions exceed {context_length} tokens (truncated)")
+
+    steps_per_epoch = max(1, n // config.batch_size)
+    total = int(config.steps) if config.steps else max(1, round(config.epochs * steps_per_epoch))
+    batch = min(config.batch_size, n)
+
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+                            betas=(0.9, 0.98), eps=1e-6)
+    loss_fn = ClipLoss()
+    use_amp = config.precision == "bf16"
+    dev_type = torch.device(device).type
+    max_logit = math.log(100.0)
+
+    if log:
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"training teacher on {n} web pairs of {world_dir}: {n_params / 1e6:.2f} M params, "
+            f"{total} steps x {batch} ({total * batch / n:.1f} epochs), {config.precision}, "
+            f"{torch.get_num_threads()} threads")
+    curve: list[dict] = []
+    probe = _held_out_probe(world_dir, n_images=480) if config.eval_every > 0 else None
+    losses: list[float] = []
+    ema = None
+    start = time.perf_counter()
+    order = torch.randperm(n, generator=gen)
+    pos = 0
+    bar = tqdm(total=total, desc="train-teacher", unit="step", disable=not progress, mininterval=1.0,
+               dynamic_ncols=True)
+    try:
+        for step in range(total):
+            if pos + batch > n:
+                order = torch.randperm(n, generator=gen)
+                pos = 0
+            idx = order[pos:pos + batch]
+            pos += batch
+            drop = (torch.rand(len(idx), generator=gen) < config.colour_dropout) & names_colour[idx]
+            t = torch.where(drop.view(-1, 1), tokens_plain[idx], tokens[idx]).to(device)
+            hue = (drop | ~names_colour[idx]) & (torch.rand(len(idx), generator=gen) < config.hue_augment)
+            x = augment(corpus.images[idx], config, gen, mean=mean_t, std=std_t, out_size=image_size,
+                        hue_mask=hue).to(device)
+            lr = _lr_at(step, total, config)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(x, t)
+            loss = loss_fn(out["image_features"].float(), out["text_features"].float(),
+                           out["logit_scale"].float())
+            if not torch.isfinite(loss):
+                raise VildError(f"teacher training diverged at step {step} (loss {loss.item()}); "
+                                f"lower --lr (now {config.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, max_logit)
+            value = loss.item()
+            losses.append(value)
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            bar.update(1)
+            if step % 5 == 0 or step == total - 1:
+                bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}", refresh=False)
+            if probe is not None and ((step + 1) % config.eval_every == 0 or step == total - 1):
+                acc = _probe_accuracy(model, tokenizer, probe, image_size, mean, std)
+                curve.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1),
+                              "loss": round(ema, 4), "val_top1": round(acc, 4)})
+                model.train()
+                if log:
+                    bar.write(f"step {step + 1}: loss {ema:.3f}, held-out top-1 {100 * acc:.1f}% "
+                              f"({time.perf_counter() - start:.0f} s)")
+    finally:
+        bar.close()
+    train_seconds = time.perf_counter() - start
+    model.eval()
+
+    preprocess_cfg = {"size": image_size, "mean": list(mean), "std": list(std),
+                      "interpolation": "bilinear", "resize_mode": "squash"}
+    teacher = Teacher(model, tokenizer, image_size=image_size, mean=mean, std=std,
+                      model_cfg=cfg, preprocess_cfg=preprocess_cfg, name=str(out_dir))
+    summary: dict = {
+        "world": str(world_dir),
+        "train_pairs": n,
+        "steps": total,
+        "batch_size": batch,
+        "epochs": round(total * batch / n, 3),
+        "train_seconds": round(train_seconds, 1),
+        "loss_first": round(float(np.mean(losses[:10])), 4),
+        "loss_last": round(float(np.mean(losses[-10:])), 4),
+        "logit_scale": round(float(model.logit_scale.exp()), 2),
+        "config": _jsonable(dataclasses.asdict(config)),
+        "arch": cfg,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if curve:
+        summary["curve"] = curve
+    # quick held-out check with simple prompts (the benchmark uses the 63 ViLD prompts)
+    val_path = world_dir / "web" / "val.npz"
+    if val_path.is_file() and (world_dir / "world.json").is_file():
+        try:
+            val = load_web_corpus(world_dir, "val")
+            cats = load_categories(world_dir)
+            clf = text_classifier(teacher, class_prompts(cats))
+            id_to_index = {int(c["id"]): i for i, c in enumerate(cats)}
+            labels = torch.tensor([id_to_index.get(int(i), -1) for i in val.category_ids])
+            pred = zero_shot_predict(teacher, val.images, clf)
+            summary["val_top1_simple_prompts"] = round(float((pred == labels).float().mean()), 4)
+        except VildError as e:
+            summary["val_top1_simple_prompts"] = None
+            if log:
+                log(f"warning: skipped held-out check: {e}")
+    summary["identity"] = teacher.identity
+    save_teacher_folder(model, out_dir, model_cfg=cfg, preprocess_cfg=preprocess_cfg, info=summary)
+    if log:
+        msg = f"wrote teacher to {out_dir} in {train_seconds:.0f} s of training (loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}"
+        if summary.get("val_top1_simple_prompts") is not None:
+            msg += f", held-out web top-1 {100 * summary['val_top1_simple_prompts']:.1f}% with simple prompts"
+        log(msg + ")")
+    return summary
+
+
+def _held_out_probe(world_dir: Path, n_images: int):
+    """(uint8 images, labels, prompts) of a fixed held-out subset, or None if unavailable."""
+    try:
+        val = load_web_corpus(world_dir, "val")
+        cats = load_categories(world_dir)
+    except VildError:
+        return None
+    id_to_index = {int(c["id"]): i for i, c in enumerate(cats)}
+    idx = torch.linspace(0, len(val) - 1, min(n_images, len(val))).long()
+    labels = torch.tensor([id_to_index.get(int(i), -1) for i in val.category_ids[idx]])
+    return val.images[idx], labels, class_prompts(cats)
+
+
+class _ModelView:
+    """encode_text / encode_images over a model that is still training (no freezing)."""
+
+    def __init__(self, model, tokenizer, image_size: int, mean, std) -> None:
+        self.model, self.tokenizer, self.image_size = model, tokenizer, image_size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+
+def _probe_accuracy(model, tokenizer, probe, image_size, mean, std) -> float:
+    images, labels, prompts = probe
+    model.eval()
+    view = _ModelView(model, tokenizer, image_size, mean, std)
+    pred = zero_shot_predict(view, images, text_classifier(view, prompts))
+    return float((pred == labels).float().mean())
+
+
+def _check_config(config: TeacherTrainConfig) -> None:
+    if config.batch_size < 2:
+        raise VildError(f"--batch-size must be >= 2 (contrastive loss), got {config.batch_size}")
+    if config.steps is not None and config.steps < 1:
+        raise VildError(f"--steps must be >= 1, got {config.steps}")
+    if config.steps is None and not config.epochs > 0:
+        raise VildError(f"--epochs must be > 0, got {config.epochs}")
+    if not config.lr > 0:
+        raise VildError(f"--lr must be > 0, got {config.lr}")
+    if config.precision not in ("bf16", "fp32"):
+        raise VildError(f"--precision must be bf16 or fp32, got {config.precision!r}")
+    if config.threads is not None and config.threads < 1:
+        raise VildError(f"--threads must be >= 1, got {config.threads}")
+    lo, hi = config.aug_scale
+    if not 0 < lo <= hi:
+        raise VildError(f"aug_scale must satisfy 0 < lo <= hi, got {config.aug_scale}")
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
