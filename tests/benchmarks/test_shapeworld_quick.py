@@ -18,6 +18,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         sys.executable, str(ROOT / "benchmarks" / "shapeworld.py"), "--quick", "--seeds", "1",
         "--world", str(tmp_path / "world"), "--teacher", str(tmp_path / "teacher"),
         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--no-progress",
+        "--threads", "1",  # robust on a shared machine (see benchmarks/cpu_threads.py)
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
