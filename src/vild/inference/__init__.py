@@ -1,0 +1,1 @@
+"""Inference for users: scoring methods over a detector's regions."""
