@@ -39,17 +39,13 @@ def run(args) -> int:
     from vild.evaluation.summary import format_table
     from vild.io import save_json
     from vild.training.checkpoint import load_model
-    from vild.training.vocabulary import world_paths
+    from vild.training.vocabulary import split_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.world:
-        paths = world_paths(args.world)
-        images, annotations = paths["val_images"], paths["val"]
-    elif args.images and args.annotations:
-        images, annotations = args.images, args.annotations
-    else:
-        raise VildError("give --world, or both --images and --dataset")
+    images, annotations = split_source(
+        args.world, args.images, args.annotations, world_split="val", flag="--dataset"
+    )
     model = load_model(args.model)
     teacher = None
     if args.teacher:

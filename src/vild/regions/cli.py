@@ -29,21 +29,14 @@ def run(args) -> int:
     import torch
 
     from vild.data.detection import DetectionDataset
-    from vild.errors import VildError
     from vild.regions.embed import embed_regions
     from vild.teacher import Teacher
     from vild.training.checkpoint import MODEL_WEIGHTS, load_model
-    from vild.training.vocabulary import world_paths
+    from vild.training.vocabulary import split_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.world:
-        paths = world_paths(args.world)
-        images, annotations = paths["train_images"], paths["train_base"]
-    elif args.images and args.annotations:
-        images, annotations = args.images, args.annotations
-    else:
-        raise VildError("give --world, or both --images and --annotations")
+    images, annotations = split_source(args.world, args.images, args.annotations, world_split="train_base")
     model = load_model(args.model)
     teacher = Teacher.load(args.teacher)
     dataset = DetectionDataset(images, annotations, with_masks=False)

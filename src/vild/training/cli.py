@@ -45,18 +45,14 @@ def run(args) -> int:
     from vild.teacher import Teacher
     from vild.training.loop import TrainData, train_detector
     from vild.training.presets import parse_overrides, preset
-    from vild.training.vocabulary import dataset_vocabulary, subset, text_embeddings_for, world_paths
+    from vild.training.vocabulary import dataset_vocabulary, split_source, subset, text_embeddings_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.world:
-        paths = world_paths(args.world)
-        images = paths["train_images"]
-        annotations = paths["train_all" if args.supervised else "train_base"]
-    elif args.images and args.annotations:
-        images, annotations = args.images, args.annotations
-    else:
-        raise VildError("give --world, or both --images and --annotations")
+    images, annotations = split_source(
+        args.world, args.images, args.annotations,
+        world_split="train_all" if args.supervised else "train_base",
+    )
     model_over, train_over = parse_overrides(args.set)
     if args.mode:
         model_over["mode"] = args.mode

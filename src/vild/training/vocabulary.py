@@ -69,3 +69,15 @@ def world_paths(world_dir: str | os.PathLike) -> dict[str, Path]:
         "val_images": root / "val" / "images",
         "val": root / "val" / "annotations.json",
     }
+
+
+def split_source(world, images, annotations, *, world_split: str, flag: str = "--annotations") -> tuple[Path, Path]:
+    """(images folder, annotation file) from --world (its `world_split`, e.g. "train_base" or
+    "val") or from explicit --images and annotations."""
+    if world:
+        paths = world_paths(world)
+        images_key = "val_images" if world_split == "val" else "train_images"
+        return paths[images_key], paths[world_split]
+    if images and annotations:
+        return Path(images), Path(annotations)
+    raise VildError(f"give --world, or both --images and {flag}")
