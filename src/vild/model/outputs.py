@@ -21,6 +21,10 @@ class Detections:
     embeddings: [N, D] L2-normalised region embeddings (text head), or None
     image_embeddings: [N, D] embeddings of the distillation head (ViLD-ensemble), or None
     image_size: (H, W) of the original image
+    class_names: label index -> name (e.g. "red star" with attributes), or None
+
+    Conversions at the edges (`vild.inference.convert`): `to_dict()`, `to_coco_results()`,
+    `to_supervision()`.
     """
 
     boxes: torch.Tensor
@@ -30,6 +34,7 @@ class Detections:
     masks: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     image_embeddings: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -39,6 +44,15 @@ class Detections:
             value = getattr(self, name)
             if value is not None and value.shape[0] != n:
                 raise ValueError(f"{name} has {value.shape[0]} rows for {n} boxes")
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The name of each detection's label (needs `class_names`), else None."""
+        if self.class_names is None:
+            return None
+        return [self.class_names[int(i)] for i in self.labels.tolist()]
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -61,7 +75,8 @@ class Detections:
         return replace(self, **picked)
 
     @staticmethod
-    def empty(image_size: tuple[int, int], *, with_masks: bool = False) -> "Detections":
+    def empty(image_size: tuple[int, int], *, with_masks: bool = False,
+              class_names: tuple[str, ...] | None = None) -> "Detections":
         h, w = image_size
         return Detections(
             boxes=torch.zeros(0, 4),
@@ -69,7 +84,29 @@ class Detections:
             labels=torch.zeros(0, dtype=torch.int64),
             image_size=(int(h), int(w)),
             masks=torch.zeros(0, h, w) if with_masks else None,
+            class_names=class_names,
         )
+
+    # ------------------------------------------------------------ conversions (at the edges)
+    def to_dict(self, *, mask_threshold: float = 0.5) -> dict:
+        """Plain JSON-able dict: boxes (xyxy px), scores, labels, label_names, class_names,
+        image_size, masks as COCO compressed RLE (or None). See `vild.inference.convert`."""
+        from vild.inference.convert import detections_to_dict
+
+        return detections_to_dict(self, mask_threshold=mask_threshold)
+
+    def to_coco_results(self, image_id: int, category_ids=None, *, mask_threshold: float = 0.5) -> list[dict]:
+        """COCO results (one dict per detection); `category_ids[label]` is the category id of
+        label `label` (default label + 1)."""
+        from vild.inference.convert import detections_to_coco
+
+        return detections_to_coco(self, image_id, category_ids, mask_threshold=mask_threshold)
+
+    def to_supervision(self, *, mask_threshold: float = 0.5):
+        """A `supervision.Detections` (needs the optional extra: pip install 'vild[supervision]')."""
+        from vild.inference.convert import detections_to_supervision
+
+        return detections_to_supervision(self, mask_threshold=mask_threshold)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,635 @@
+"""`Detector`: the user-facing ViLD API.
+
+    det = Detector.from_pretrained()                    # the bundled ShapeWorld-OV model
+    dets = det.detect(["a.png", "b.png"], vocabulary=["star", "ring"], threshold=0.3)
+    regions = det.embed("a.png")                         # run the network once ...
+    det.query(regions, ["red star", "blue ring"])        # ... score any text later: a matmul
+
+A `Detector` holds one ViLD model, its teacher (for new vocabularies and the CLIP methods)
+and an in-memory table of text embeddings per vocabulary entry (backed by the on-disk cache of
+`vild.text`), so changing the vocabulary encodes only names it has not seen and never reloads
+a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from vild.errors import VildError, VocabularyError
+from vild.inference.images import load_image
+from vild.inference.methods import (
+    CROP_METHODS,
+    DESCRIPTIONS,
+    method_probabilities,
+    methods_for_mode,
+    native_method,
+    teacher_logit_scale,
+)
+
+log = logging.getLogger("vild.inference")
+
+#: Each side of the network's resized input is at least this many pixels: thinner images are
+#: padded (bottom / right, with the normalisation mean) before detection, then cropped back.
+MIN_INPUT_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An encoded vocabulary: display names, text embeddings [C, D] (on the model's device),
+    base flags [C] (categories labelled in the model's training) and optional category ids."""
+
+    names: tuple[str, ...]
+    embeddings: torch.Tensor
+    base: torch.Tensor
+    category_ids: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRegions:
+    """One image's regions, kept so that new text can be scored against them with a matrix
+    product (`Detector.query`), without running the network again.
+
+    boxes [P, 4] xyxy pixels of the original image; objectness [P]; embeddings [P, D] (text
+    head); image_embeddings [P, D] (ViLD-ensemble's distillation head) or None;
+    crop_embeddings [P, D] (the teacher's crops, CLIP methods) or None; masks [P, M, M]
+    class-agnostic mask probabilities inside each box, or None. input_boxes / input_size /
+    padded_size: the same boxes in the network's resized input, for post-processing that is
+    exactly `detect`'s.
+    """
+
+    boxes: torch.Tensor
+    objectness: torch.Tensor
+    embeddings: torch.Tensor
+    image_embeddings: torch.Tensor | None
+    crop_embeddings: torch.Tensor | None
+    masks: torch.Tensor | None
+    image_size: tuple[int, int]
+    input_boxes: torch.Tensor
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    method: str
+    model_id: int = 0
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+class Detector:
+    """A ViLD model + teacher + default vocabulary, ready to detect (see module docstring).
+
+    Build with `Detector.from_pretrained`. Thread-safe for concurrent `detect` / `query` calls
+    (text encoding is serialised; the network runs without gradients).
+    """
+
+    def __init__(
+        self,
+        model,
+        teacher,
+        *,
+        name: str = "custom",
+        default_vocabulary: Sequence | None = None,
+        default_category_ids: Sequence[int] | None = None,
+        default_text_embeddings: torch.Tensor | None = None,
+        base_names: Sequence[str] = (),
+        method: str | None = None,
+        templates: str = "vild",
+        cache_dir: str | None = None,
+        source: str | None = None,
+        teacher_spec: str | None = None,
+        num_crop_regions: int = 300,
+        examples: Sequence[Path] = (),
+    ) -> None:
+        from vild.text.prompts import normalize_name
+
+        self.model = model.eval().requires_grad_(False)
+        self.teacher = teacher
+        self.name = name
+        self.source = source
+        self.teacher_spec = teacher_spec
+        self.templates = templates
+        self.cache_dir = cache_dir
+        self.num_crop_regions = int(num_crop_regions)
+        self.examples = tuple(Path(p) for p in examples)
+        self._lock = threading.Lock()
+        self._text: dict[tuple[str, ...], torch.Tensor] = {}
+        self._base_names = {normalize_name(n) for n in base_names}
+        self.methods: tuple[str, ...] = methods_for_mode(model.config.mode, with_teacher=teacher is not None)
+        self.method = self._check_method(method or native_method(model.config.mode))
+        self._default_entries = [list(e) if not isinstance(e, str) else [e] for e in (default_vocabulary or [])]
+        self._default_ids = tuple(int(c) for c in default_category_ids) if default_category_ids else None
+        if self._default_entries and default_text_embeddings is not None:
+            self._seed(self._default_entries, default_text_embeddings)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        method: str | None = None,
+        teacher: str | None = None,
+        weights: str | None = None,
+        cache_dir: str | None = None,
+    ) -> "Detector":
+        """Load a registered model (default: the bundled ShapeWorld-OV ViLD-ensemble), a model
+        folder (`vild train` output) or ``hf-hub:ORG/REPO``, with its teacher and default
+        vocabulary. `teacher` overrides the teacher the folder names; `weights` is the folder
+        or hf-hub id for registry entries that ship without weights; `method` the default
+        scoring method (default: the model's own). Raises `VildError` (one line) when anything
+        is missing or does not match.
+        """
+        from vild.inference import registry
+        from vild.inference.vocabularies import resolve_vocabulary
+        from vild.teacher import Teacher
+
+        resolved = registry.resolve(name_or_path, weights=weights, teacher=teacher)
+        model = load_model_folder(resolved.folder, device=device, expected=resolved.expected)
+        vocab, embeddings = load_vocabulary_folder(resolved.folder, model.config.embed_dim)
+        if not resolved.teacher:
+            raise VildError(
+                f"model folder {resolved.folder} does not say which teacher it was trained with "
+                "(no detector.json or vocabulary.json teacher): pass teacher=... / --teacher")
+        teacher_obj = Teacher.load(resolved.teacher, device=device)
+        if resolved.teacher_identity and teacher_obj.identity != resolved.teacher_identity:
+            raise VildError(
+                f"teacher {resolved.teacher} (weights {teacher_obj.identity}) is not the teacher "
+                f"model {resolved.name} was trained with (weights {resolved.teacher_identity})")
+        if teacher_obj.embed_dim != model.config.embed_dim:
+            raise VildError(
+                f"teacher {resolved.teacher} embeds in {teacher_obj.embed_dim} dimensions, the "
+                f"model expects {model.config.embed_dim}")
+        entries, ids, base = [], None, []
+        if vocab is not None:
+            from vild.training.vocabulary import vocabulary_entries
+
+            entries = vocabulary_entries(vocab)
+            ids = vocab.get("category_ids")
+            base = [n for n, b in zip(vocab["names"], vocab.get("base", [])) if b]
+            base += [s for syn, b in zip(vocab.get("synonyms", []), vocab.get("base", [])) if b for s in syn]
+        elif resolved.default_vocabulary:
+            named = resolve_vocabulary(resolved.default_vocabulary)
+            entries, ids = named.entries, named.category_ids
+        return cls(
+            model, teacher_obj, name=resolved.name, default_vocabulary=entries,
+            default_category_ids=ids, default_text_embeddings=embeddings, base_names=base,
+            method=method, templates=resolved.templates, cache_dir=cache_dir,
+            source=str(resolved.folder), teacher_spec=resolved.teacher, examples=resolved.examples,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.model.roi_heads.background.device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def default_vocabulary(self) -> list[str]:
+        return [e[0] for e in self._default_entries]
+
+    @property
+    def default_category_ids(self) -> list[int] | None:
+        return list(self._default_ids) if self._default_ids else None
+
+    def info(self) -> dict:
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "mode": cfg.mode,
+            "backbone": cfg.backbone,
+            "input_size": [cfg.min_size, cfg.max_size],
+            "method": self.method,
+            "methods": list(self.methods),
+            "slow_methods": [m for m in self.methods if m in CROP_METHODS],
+            "method_descriptions": {m: DESCRIPTIONS[m] for m in self.methods},
+            "teacher": self.teacher_spec or getattr(self.teacher, "name", None),
+            "teacher_identity": getattr(self.teacher, "identity", None),
+            "embed_dim": cfg.embed_dim,
+            "default_vocabulary_size": len(self._default_entries),
+            "with_masks": cfg.with_masks,
+            "device": str(self.device),
+        }
+
+    def __repr__(self) -> str:
+        return (f"Detector(name={self.name!r}, mode={self.model.config.mode!r}, method={self.method!r}, "
+                f"vocabulary={len(self._default_entries)} names, device={self.device})")
+
+    # ------------------------------------------------------------------ vocabularies
+    def _check_method(self, method: str | None) -> str:
+        method = method or self.method
+        if method not in self.methods:
+            raise VildError(
+                f"method {method!r} is not available for this model (mode {self.model.config.mode!r}"
+                f"{'' if self.teacher is not None else ', no teacher'}): choose from {', '.join(self.methods)}")
+        return method
+
+    def _seed(self, entries, embeddings: torch.Tensor) -> None:
+        from vild.text.prompts import normalize_vocabulary
+
+        _, groups = normalize_vocabulary(entries)
+        emb = embeddings.detach().float().to(self.device)
+        for group, row in zip(groups, emb):
+            self._text[tuple(group)] = row
+
+    def encode_vocabulary(self, vocabulary=None, *, what: str = "vocabulary") -> Vocabulary:
+        """Names (a list of names or synonym lists, a named vocabulary such as ``"coco"``, or
+        ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded."""
+        from vild.text.prompts import normalize_vocabulary
+
+        ids = None
+        if vocabulary is None:
+            if not self._default_entries:
+                raise VocabularyError("this model has no default vocabulary: pass a vocabulary")
+            entries, ids = self._default_entries, self._default_ids
+        elif isinstance(vocabulary, Vocabulary):
+            return vocabulary
+        elif isinstance(vocabulary, str):
+            entries, ids = _vocabulary_from_string(vocabulary)
+        else:
+            entries = list(vocabulary)
+        try:
+            names, groups = normalize_vocabulary(entries)
+        except VocabularyError as e:
+            raise VocabularyError(f"{what}: {e}") from None
+        keys = [tuple(g) for g in groups]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._text))
+            if missing:
+                if self.teacher is None:
+                    raise VildError(f"{what}: encoding new names needs the teacher, and this detector has none")
+                from vild.text import build_text_classifier
+
+                clf = build_text_classifier(
+                    self.teacher, [list(k) for k in missing], templates=self.templates,
+                    cache_dir=self.cache_dir,
+                )
+                for k, row in zip(missing, clf.embeddings.to(self.device)):
+                    self._text[k] = row
+            emb = torch.stack([self._text[k] for k in keys])
+        base = torch.tensor([any(n in self._base_names for n in g) for g in groups],
+                            dtype=torch.bool, device=self.device)
+        return Vocabulary(tuple(names), emb, base, tuple(ids) if ids else None)
+
+    # ------------------------------------------------------------------ detection
+    def detect(
+        self,
+        images,
+        vocabulary=None,
+        *,
+        attributes=None,
+        threshold: float = 0.3,
+        max_detections: int = 100,
+        method: str | None = None,
+        batch_size: int = 4,
+    ) -> list:
+        """One image or many (paths, bytes, PIL images, numpy arrays H x W x 3, tensors
+        3 x H x W) -> one `Detections` per image (boxes xyxy px, scores, labels into
+        ``class_names``, masks at image size, region embeddings).
+
+        vocabulary: None (the model's default), a list of names / synonym lists, a named
+        vocabulary ("coco", "shapeworld", ...). attributes: a list of attribute words: every
+        (name, attribute) pair becomes a label "attribute name", scored
+        Pr(name, attribute | region) = Pr(name | region) x Pr(attribute | region).
+        threshold: keep scores above it; max_detections: per image, after per-class NMS.
+        method: one of `methods` (default: `self.method`); "clip" and "vild-text+clip" run
+        the teacher on every region's crops and are slow.
+        """
+        method = self._check_method(method)
+        _check_post(threshold, max_detections)
+        if batch_size < 1:
+            raise VildError("batch_size must be >= 1")
+        items = _as_list(images)
+        if method in CROP_METHODS:
+            log.info("method %s runs the teacher on 2 crops of up to %d regions per image: slow",
+                     method, self.num_crop_regions)
+        vocab = self.encode_vocabulary(vocabulary)
+        attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
+        out = []
+        for start in range(0, len(items), batch_size):  # images are decoded batch by batch
+            tensors = [load_image(x) for x in items[start:start + batch_size]]
+            out.extend(self._detect_tensors(tensors, vocab, attrs, method, threshold, max_detections))
+        return out
+
+    def detect_tensors(self, tensors: list[torch.Tensor], vocabulary: Vocabulary, *, attributes: Vocabulary | None = None,
+                       threshold: float = 0.3, max_detections: int = 100, method: str | None = None) -> list:
+        """`detect` for already loaded [3, H, W] 0..1 tensors and encoded vocabularies: one
+        forward pass for all of them (the caller batches)."""
+        method = self._check_method(method)
+        _check_post(threshold, max_detections)
+        return self._detect_tensors(list(tensors), vocabulary, attributes, method, threshold, max_detections)
+
+    @torch.no_grad()
+    def _detect_tensors(self, tensors, vocab, attrs, method, threshold, max_det) -> list:
+        if not tensors:
+            return []
+        fitted = [self._fit(t) for t in tensors]
+        batch = self.model.regions([f[0] for f in fitted])
+        picks = []
+        for i, (image, _) in enumerate(fitted):
+            r = batch.regions[i]
+            crops = None
+            if method in CROP_METHODS:
+                r = r.select(r.objectness.argsort(descending=True)[: self.num_crop_regions])
+                batch.regions[i] = r
+                crops = self.teacher.encode_regions(image, batch.boxes_in_original(i)).to(self.device)
+            probs, names = self._probabilities(method, r.embeddings, r.image_embeddings, crops, vocab, attrs)
+            picks.append(self._select(r.boxes, probs, threshold, max_det) + (names,))
+        masks = [None] * len(picks)
+        if self.model.config.with_masks:
+            masks = [m[:, 0] for m in self.model.roi_heads.predict_masks(
+                batch.features, [p[0] for p in picks], batch.sizes)]
+        out = []
+        for i, ((boxes, scores, labels, index, names), m) in enumerate(zip(picks, masks)):
+            r = batch.regions[i]
+            out.append(_finish(
+                boxes, scores, labels, m,
+                r.embeddings[index], r.image_embeddings[index] if r.image_embeddings is not None else None,
+                batch.sizes[i], batch.original_sizes[i], fitted[i][1], names,
+            ))
+        return out
+
+    # ------------------------------------------------------------------ on-the-fly queries
+    @torch.no_grad()
+    def embed(self, image, *, method: str | None = None) -> ImageRegions:
+        """Run the network once on one image and keep what scoring needs: every region's box,
+        embeddings and class-agnostic mask (and, for the CLIP methods, the teacher's crop
+        embeddings of the top `num_crop_regions` regions). `query` then scores any text."""
+        method = self._check_method(method)
+        tensor = load_image(image)
+        padded, size = self._fit(tensor)
+        batch = self.model.regions([padded])
+        r = batch.regions[0]
+        crops = None
+        if method in CROP_METHODS:
+            r = r.select(r.objectness.argsort(descending=True)[: self.num_crop_regions])
+            batch.regions[0] = r
+            crops = self.teacher.encode_regions(padded, batch.boxes_in_original(0)).to(self.device)
+        masks = None
+        if self.model.config.with_masks:
+            masks = self.model.roi_heads.predict_masks(batch.features, [r.boxes], batch.sizes)[0][:, 0]
+        boxes = batch.boxes_in_original(0).clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+        return ImageRegions(
+            boxes=boxes,
+            objectness=r.objectness,
+            embeddings=r.embeddings,
+            image_embeddings=r.image_embeddings,
+            crop_embeddings=crops,
+            masks=masks,
+            image_size=size,
+            input_boxes=r.boxes,
+            input_size=tuple(batch.sizes[0]),
+            padded_size=tuple(batch.original_sizes[0]),
+            method=method,
+            model_id=id(self.model),
+        )
+
+    @torch.no_grad()
+    def query(
+        self,
+        regions: ImageRegions,
+        vocabulary=None,
+        *,
+        attributes=None,
+        threshold: float = 0.3,
+        max_detections: int = 100,
+        method: str | None = None,
+    ):
+        """Score `vocabulary` (and `attributes`) against regions kept by `embed`: text
+        encoding (cached) + a matrix product + NMS; the network does not run. Gives the same
+        boxes and scores as `detect` on the same image with the same arguments."""
+        if not isinstance(regions, ImageRegions):
+            raise VildError(f"query needs the ImageRegions returned by embed(), got {type(regions).__name__}")
+        if regions.model_id not in (0, id(self.model)):
+            raise VildError("these regions were embedded by another detector")
+        method = self._check_method(method or regions.method)
+        if method in CROP_METHODS and regions.crop_embeddings is None:
+            raise VildError(
+                f"method {method!r} needs the teacher's crops of the regions: embed the image "
+                f"with embed(image, method={method!r})")
+        _check_post(threshold, max_detections)
+        vocab = self.encode_vocabulary(vocabulary)
+        attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
+        probs, names = self._probabilities(method, regions.embeddings, regions.image_embeddings,
+                                           regions.crop_embeddings, vocab, attrs)
+        boxes, scores, labels, index = self._select(regions.input_boxes, probs, threshold, max_detections)
+        masks = regions.masks[index] if regions.masks is not None else None
+        return _finish(
+            boxes, scores, labels, masks, regions.embeddings[index],
+            regions.image_embeddings[index] if regions.image_embeddings is not None else None,
+            regions.input_size, regions.padded_size, regions.image_size, names,
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _probabilities(self, method, emb, img_emb, crops, vocab: Vocabulary, attrs: Vocabulary | None):
+        cfg = self.model.config
+        scale = teacher_logit_scale(self.teacher) if crops is not None else 100.0
+        common = dict(clip_scale=scale)
+        background = self.model.roi_heads.background
+        p = method_probabilities(method, cfg, background, emb, img_emb, crops, vocab.embeddings,
+                                 vocab.base, **common)
+        names = vocab.names
+        if attrs is not None:
+            pa = method_probabilities(method, cfg, background, emb, img_emb, crops, attrs.embeddings,
+                                      attrs.base, with_background=False, **common)
+            p = (p[:, :, None] * pa[:, None, :]).reshape(p.shape[0], -1)
+            names = tuple(f"{a} {v}" for v in vocab.names for a in attrs.names)
+        return p, names
+
+    def _select(self, boxes, probs, threshold, max_det):
+        from vild.model.roi_heads import select_detections
+
+        cfg = dataclasses.replace(self.model.config, score_thresh=float(threshold),
+                                  detections_per_image=int(max_det))
+        if max_det == 0 or boxes.shape[0] == 0:
+            empty = boxes.new_zeros(0, dtype=torch.int64)
+            return boxes[:0], probs.new_zeros(0), empty, empty
+        return select_detections(boxes, probs, cfg)
+
+    def _fit(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[3, H, W] -> (the tensor on the device, padded so that no side of the network's
+        input falls below MIN_INPUT_SIDE pixels; the original (H, W))."""
+        cfg = self.model.config
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        image = image.to(self.device, torch.float32)
+        short, long = min(h, w), max(h, w)
+        scale = min(cfg.min_size / short, cfg.max_size / long)
+        need = min(MIN_INPUT_SIDE, cfg.min_size)
+        if short * scale >= need:
+            return image, (h, w)
+        target = min(long, int(-(-need * long // cfg.max_size)) + 1)
+        pad_h, pad_w = (target - h, 0) if h < w else (0, target - w)
+        mean = torch.tensor(cfg.image_mean, device=self.device).view(3, 1, 1)
+        padded = mean.expand(3, h + pad_h, w + pad_w).clone()
+        padded[:, :h, :w] = image
+        return padded, (h, w)
+
+
+# ---------------------------------------------------------------------- helpers
+def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size, image_size, names):
+    """Selected regions in the network's input -> `Detections` in original image pixels
+    (boxes resized, masks pasted at image size, padding cropped away)."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.models.detection.transform import resize_boxes
+
+    from vild.model.outputs import Detections
+
+    boxes = resize_boxes(boxes, list(input_size), list(padded_size))
+    pasted = None
+    if masks is not None:
+        if boxes.shape[0]:
+            pasted = paste_masks_in_image(masks[:, None].float(), boxes, tuple(padded_size))[:, 0]
+        else:
+            pasted = boxes.new_zeros(0, *padded_size)
+    h, w = image_size
+    if tuple(padded_size) != (h, w):  # padded thin image: crop back, drop boxes in the padding
+        boxes = boxes.clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels, emb = boxes[keep], scores[keep], labels[keep], emb[keep]
+        img_emb = img_emb[keep] if img_emb is not None else None
+        pasted = pasted[keep][:, :h, :w] if pasted is not None else None
+    return Detections(
+        boxes=boxes.float().cpu(), scores=scores.float().cpu(), labels=labels.cpu(),
+        image_size=(int(h), int(w)),
+        masks=pasted.float().cpu() if pasted is not None else None,
+        embeddings=emb.float().cpu(),
+        image_embeddings=img_emb.float().cpu() if img_emb is not None else None,
+        class_names=tuple(names),
+    )
+
+
+def _check_post(threshold, max_detections) -> None:
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise VildError(f"threshold must be a number in 0..1, got {threshold!r}") from None
+    if not 0.0 <= t <= 1.0:
+        raise VildError(f"threshold must be in 0..1, got {threshold!r}")
+    if not isinstance(max_detections, int) or isinstance(max_detections, bool) or max_detections < 0:
+        raise VildError(f"max_detections must be an integer >= 0, got {max_detections!r}")
+
+
+def _as_list(images) -> list:
+    """One image or a collection of images -> a list of single images."""
+    import numpy as np
+
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise VildError("no images given")
+        return list(images)
+    if isinstance(images, torch.Tensor) and images.ndim == 4:
+        return list(images.unbind(0))
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def _vocabulary_from_string(text: str):
+    from vild.inference.vocabularies import resolve_vocabulary
+    from vild.text.vocab import parse_vocab_string
+
+    if "," in text:
+        return parse_vocab_string(text), None
+    named = resolve_vocabulary(text)
+    return named.entries, named.category_ids
+
+
+# ---------------------------------------------------------------------- model folders
+def load_model_folder(folder: Path, *, device="cpu", expected: dict | None = None):
+    """model_config.json + model.safetensors -> `ViLDDetector` in eval mode; every problem
+    (missing, unreadable, mismatched files; a config unlike what a registry entry expects)
+    is one `VildError` line."""
+    from safetensors.torch import load_file
+
+    from vild.inference.registry import MODEL_CONFIG, MODEL_WEIGHTS
+    from vild.io import load_config
+    from vild.model import ViLDConfig, build_detector
+
+    folder = Path(folder)
+    try:
+        config = load_config(ViLDConfig, folder / MODEL_CONFIG)
+    except VildError as e:
+        raise VildError(f"{folder / MODEL_CONFIG}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise VildError(f"{folder / MODEL_CONFIG} is not a valid model config ({e})") from None
+    for key, want in (expected or {}).items():
+        got = getattr(config, key)
+        if got != want:
+            raise VildError(f"{folder / MODEL_CONFIG} has {key}={got!r}, this model name expects {want!r}")
+    model = build_detector(config)
+    try:
+        state = load_file(str(folder / MODEL_WEIGHTS), device="cpu")
+    except Exception as e:  # noqa: BLE001 - corrupt / truncated / not safetensors
+        raise VildError(f"{folder / MODEL_WEIGHTS} is not a readable safetensors file ({_one_line(e)})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise VildError(f"{folder / MODEL_WEIGHTS} does not match {MODEL_CONFIG} ({_one_line(e)})") from None
+    if missing or unexpected:
+        raise VildError(
+            f"{folder / MODEL_WEIGHTS} does not match {MODEL_CONFIG}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    return model.to(device).eval()
+
+
+def load_vocabulary_folder(folder: Path, embed_dim: int) -> tuple[dict | None, torch.Tensor | None]:
+    """vocabulary.json + text_embeddings.safetensors, checked against each other and the model;
+    (None, None) when the folder has neither."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from vild.inference.registry import TEXT_EMBEDDINGS, VOCABULARY
+
+    folder = Path(folder)
+    have = [(folder / f).is_file() for f in (VOCABULARY, TEXT_EMBEDDINGS)]
+    if not any(have):
+        return None, None
+    if not all(have):
+        present, absent = (VOCABULARY, TEXT_EMBEDDINGS) if have[0] else (TEXT_EMBEDDINGS, VOCABULARY)
+        raise VildError(f"model folder {folder} has {present} but no {absent}")
+    try:
+        vocab = json.loads((folder / VOCABULARY).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise VildError(f"{folder / VOCABULARY} is not valid JSON ({e})") from None
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("names"), list) or not vocab["names"]:
+        raise VildError(f"{folder / VOCABULARY} has no 'names' list")
+    vocab.setdefault("synonyms", [[] for _ in vocab["names"]])
+    try:
+        emb = load_file(str(folder / TEXT_EMBEDDINGS))["embeddings"]
+    except Exception as e:  # noqa: BLE001
+        raise VildError(f"{folder / TEXT_EMBEDDINGS} is not a readable text-embedding file ({_one_line(e)})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(vocab["names"]) or len(vocab["synonyms"]) != len(vocab["names"]):
+        raise VildError(
+            f"model folder {folder}: {TEXT_EMBEDDINGS} has {tuple(emb.shape)} rows for "
+            f"{len(vocab['names'])} names in {VOCABULARY}")
+    if emb.shape[1] != embed_dim:
+        raise VildError(f"model folder {folder}: text embeddings are {emb.shape[1]}-d, the model is {embed_dim}-d")
+    if not bool(torch.isfinite(emb).all()):
+        raise VildError(f"model folder {folder}: {TEXT_EMBEDDINGS} contains NaN or infinity")
+    return vocab, emb.float()
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["Detector", "ImageRegions", "Vocabulary", "load_model_folder", "load_vocabulary_folder"]

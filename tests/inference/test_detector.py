@@ -1,0 +1,274 @@
+"""Detector: loading a folder, every input kind, batching, vocabularies, methods, queries,
+attribute expansion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.inference.conftest import VOCAB, scene
+from vild.errors import VildError, VocabularyError
+from vild.inference import Detector, ImageRegions
+from vild.model.outputs import Detections
+
+
+def _same(a: Detections, b: Detections, *, masks=True):
+    assert len(a) == len(b)
+    assert torch.allclose(a.boxes, b.boxes, atol=1e-4)
+    assert torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert torch.equal(a.labels, b.labels)
+    assert a.class_names == b.class_names
+    if masks and len(a):
+        assert (a.masks - b.masks).abs().max() < 1e-3
+
+
+def test_from_pretrained_folder(detector, model_dir):
+    assert detector.default_vocabulary == VOCAB["names"]
+    assert detector.methods == ("vild-text", "vild-image", "vild-ensemble", "clip", "vild-text+clip")
+    assert detector.method == "vild-ensemble"
+    info = detector.info()
+    assert info["name"] == "tiny-ensemble" and info["mode"] == "ensemble"
+    assert info["embed_dim"] == 32 and info["default_vocabulary_size"] == 3
+    assert info["teacher_identity"] == detector.teacher.identity
+    assert set(info["slow_methods"]) == {"clip", "vild-text+clip"}
+    assert "tiny-ensemble" in repr(detector)
+
+
+def test_every_input_kind_gives_the_same_detections(detector, tmp_path):
+    arr = scene()
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    ref = detector.detect(arr, threshold=0.0)
+    assert isinstance(ref, list) and len(ref) == 1 and len(ref[0]) > 0
+    d = ref[0]
+    assert d.image_size == (64, 64) and d.masks.shape == (len(d), 64, 64)
+    assert d.class_names == tuple(VOCAB["names"])
+    assert d.embeddings.shape == (len(d), 32) and d.image_embeddings.shape == (len(d), 32)
+    tensor = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    for x in (str(tmp_path / "a.png"), tmp_path / "a.png", Image.fromarray(arr), tensor,
+              (tmp_path / "a.png").read_bytes()):
+        _same(detector.detect(x, threshold=0.0)[0], d)
+
+
+def test_one_vs_many_images_and_batching(detector):
+    a, b = scene(64, 64, 0), scene(48, 80, 1)
+    one_a = detector.detect(a, threshold=0.0)[0]
+    one_b = detector.detect(b, threshold=0.0)[0]
+    many = detector.detect([a, b, a], threshold=0.0, batch_size=2)
+    assert len(many) == 3
+    assert many[1].image_size == (48, 80)
+    for got, want in zip(many, (one_a, one_b, one_a)):
+        _same(got, want)
+    stacked = detector.detect(torch.stack([torch.from_numpy(a).permute(2, 0, 1)] * 2), threshold=0.0)
+    assert len(stacked) == 2
+    with pytest.raises(VildError, match="no images"):
+        detector.detect([])
+
+
+def test_threshold_and_max_detections(detector):
+    img = scene()
+    all_ = detector.detect(img, threshold=0.0, max_detections=1000)[0]
+    top = detector.detect(img, threshold=0.0, max_detections=3)[0]
+    assert len(top) == 3
+    _same(top, all_.select(torch.arange(3)))
+    cut = float(all_.scores[len(all_) // 2])
+    above = detector.detect(img, threshold=cut, max_detections=1000)[0]
+    assert len(above) > 0 and bool((above.scores > cut).all())
+    assert len(detector.detect(img, threshold=0.0, max_detections=0)[0]) == 0
+    for bad in (dict(threshold=1.5), dict(threshold=-0.1), dict(max_detections=-1), dict(max_detections=2.5)):
+        with pytest.raises(VildError):
+            detector.detect(img, **bad)
+
+
+def test_vocabulary_change_reuses_embeddings_and_never_reloads(model_dir, monkeypatch):
+    import vild.inference.detector as detmod
+    import vild.teacher.teacher as teachmod
+    import vild.text as textmod
+
+    import vild.model as modelmod
+
+    calls = {"model": 0, "teacher": 0, "encode": []}  # encode: one list of entries per call
+    assert not hasattr(detmod, "build_detector")  # looked up in vild.model at load time
+
+    orig_build = modelmod.build_detector
+    orig_load = teachmod.Teacher.load.__func__
+    orig_encode = textmod.build_text_classifier
+
+    def counting_build(cfg):
+        calls["model"] += 1
+        return orig_build(cfg)
+
+    def counting_load(cls, *a, **k):
+        calls["teacher"] += 1
+        return orig_load(cls, *a, **k)
+
+    def counting_encode(teacher, vocabulary, **k):
+        calls["encode"].append([list(v) for v in vocabulary])
+        return orig_encode(teacher, vocabulary, **k)
+
+    monkeypatch.setattr(modelmod, "build_detector", counting_build)
+    monkeypatch.setattr(teachmod.Teacher, "load", classmethod(counting_load))
+    monkeypatch.setattr(textmod, "build_text_classifier", counting_encode)
+
+    det = Detector.from_pretrained(str(model_dir))
+    assert calls["model"] == 1 and calls["teacher"] == 1
+    img = scene()
+    det.detect(img, threshold=0.0)  # default vocabulary: the saved embeddings, nothing encoded
+    assert calls["encode"] == []
+    det.detect(img, ["star", "ring"], threshold=0.0)
+    assert calls["encode"] == [[["star"], ["ring"]]]
+    det.detect(img, ["ring", "hexagon", "star"], threshold=0.0)  # only hexagon is new
+    assert calls["encode"][-1] == [["hexagon"]]
+    n = len(calls["encode"])
+    det.detect(img, ["hexagon", "ring"], threshold=0.0)
+    det.query(det.embed(img), ["star", "hexagon"], threshold=0.0)
+    assert len(calls["encode"]) == n
+    assert calls["model"] == 1 and calls["teacher"] == 1
+
+
+def test_default_vocabulary_embeddings_equal_a_fresh_encoding(detector):
+    saved = detector.encode_vocabulary(None)
+    fresh = detector.encode_vocabulary([[n, *s] for n, s in zip(VOCAB["names"], VOCAB["synonyms"])])
+    assert torch.allclose(saved.embeddings, fresh.embeddings, atol=1e-5)
+    assert saved.base.tolist() == [True, True, False]
+    assert saved.category_ids == (1, 2, 3)
+    # a user's name counts as base when it is a trained base category or one of its synonyms
+    assert detector.encode_vocabulary(["disc", "star", "ring"]).base.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("method", ["vild-text", "vild-image", "vild-ensemble", "clip", "vild-text+clip"])
+def test_query_equals_detect(detector, method):
+    img = scene(56, 72, 3)
+    regions = detector.embed(img, method=method)
+    assert isinstance(regions, ImageRegions) and len(regions) > 0
+    assert regions.masks.shape[0] == len(regions)
+    assert bool((regions.boxes[:, 2] <= 72).all()) and bool((regions.boxes[:, 3] <= 56).all())
+    vocab = ["star", "ring", "circle"]
+    want = detector.detect(img, vocab, threshold=0.05, method=method)[0]
+    got = detector.query(regions, vocab, threshold=0.05)
+    assert len(want) > 0
+    _same(got, want)
+    if method in ("clip", "vild-text+clip"):
+        assert len(regions) <= detector.num_crop_regions
+
+
+def test_query_errors(detector):
+    regions = detector.embed(scene())
+    with pytest.raises(VildError, match="embed the image with"):
+        detector.query(regions, ["star"], method="clip")
+    with pytest.raises(VildError, match="ImageRegions"):
+        detector.query("not regions", ["star"])
+
+
+def test_attribute_expansion_matches_hand_computation(detector):
+    from vild.model.heads import image_probabilities, text_logits
+
+
+    img = scene()
+    vocab, attrs = ["star", "ring"], ["red", "blue", "green"]
+    regions = detector.embed(img, method="vild-ensemble")
+    got = detector.query(regions, vocab, attributes=attrs, threshold=0.0, max_detections=1000)
+    assert got.class_names == ("red star", "blue star", "green star", "red ring", "blue ring", "green ring")
+    assert got.label_names == [got.class_names[i] for i in got.labels.tolist()]
+    # by hand: Pr(v | r) = ViLD-ensemble over the vocabulary (novel: text^(1/3) image^(2/3));
+    # Pr(a | r) = the same heads' softmax over the attributes alone (no background)
+    cfg = detector.config
+    v = detector.encode_vocabulary(vocab)
+    a = detector.encode_vocabulary(attrs)
+    e, ie = regions.embeddings, regions.image_embeddings
+    p_text = torch.softmax(text_logits(e, v.embeddings, detector.model.roi_heads.background, cfg.temperature), -1)[:, 1:]
+    p_img = image_probabilities(ie, v.embeddings, cfg.image_temperature)
+    lam = cfg.ensemble_lambda
+    assert not v.base.any()
+    p_v = p_text ** (1 - lam) * p_img ** lam
+    pa_text = torch.softmax(cfg.temperature * e @ a.embeddings.T, -1)
+    pa_img = image_probabilities(ie, a.embeddings, cfg.image_temperature)
+    p_a = pa_text ** (1 - lam) * pa_img ** lam
+    expected = (p_v[:, :, None] * p_a[:, None, :]).reshape(len(regions), -1)
+    # every detection's score is the hand-computed score of some region for its label
+    for score, label in zip(got.scores.tolist(), got.labels.tolist()):
+        assert float((expected[:, label] - score).abs().min()) < 1e-5
+    # and the best (region, label) pair is the top detection
+    best = expected.max()
+    assert got.scores[0] == pytest.approx(float(best), abs=1e-5)
+    assert got.class_names[int(got.labels[0])] == got.class_names[int(expected.max(0).values.argmax())]
+    # detect() gives the same
+    _same(detector.detect(img, vocab, attributes=attrs, threshold=0.0, max_detections=1000)[0], got)
+
+
+def test_every_method_runs_and_bad_method_is_refused(detector):
+    img = scene()
+    for method in detector.methods:
+        d = detector.detect(img, ["star", "ring"], threshold=0.0, method=method)[0]
+        assert len(d) > 0 and bool((d.scores <= 1.0 + 1e-6).all())
+    with pytest.raises(VildError, match="not available"):
+        detector.detect(img, method="vild")
+    with pytest.raises(VildError, match="not available"):
+        detector.detect(img, method="nonsense")
+
+
+def test_vocabulary_errors(detector):
+    img = scene()
+    with pytest.raises(VocabularyError, match="empty"):
+        detector.detect(img, [])
+    with pytest.raises(VocabularyError, match="duplicate"):
+        detector.detect(img, ["star", "Star"])
+    with pytest.raises(VocabularyError, match="attributes: .*duplicate"):
+        detector.detect(img, ["star"], attributes=["red", "red"])
+    with pytest.raises(VocabularyError, match="attributes: .*empty"):
+        detector.detect(img, ["star"], attributes=[])
+    with pytest.raises(VildError, match="unknown vocabulary"):
+        detector.detect(img, "no-such-vocabulary")
+
+
+def test_named_and_comma_vocabularies(detector):
+    img = scene()
+    d = detector.detect(img, "star, ring", threshold=0.0)[0]
+    assert d.class_names == ("star", "ring")
+    v = detector.encode_vocabulary("voc")
+    assert len(v) == 20 and v.category_ids == tuple(range(1, 21))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 300), (300, 3), (1, 1000)])
+def test_tiny_and_elongated_images(detector, shape):
+    h, w = shape
+    img = np.full((h, w, 3), 128, np.uint8)
+    d = detector.detect(img, threshold=0.0)[0]
+    assert d.image_size == (h, w)
+    if d.masks is not None:
+        assert d.masks.shape == (len(d), h, w)
+    assert bool((d.boxes[:, 2] <= w + 1e-4).all()) and bool((d.boxes[:, 3] <= h + 1e-4).all())
+    q = detector.query(detector.embed(img), None, threshold=0.0)
+    _same(q, d)
+
+
+def test_other_modes(tmp_path):
+    from tests.inference.conftest import write_model_folder
+
+    for mode, methods in (("text", ("vild-text", "clip", "vild-text+clip")),
+                          ("vild", ("vild", "clip")), ("image", ("vild-image", "clip"))):
+        folder = write_model_folder(tmp_path / mode, mode=mode)
+        det = Detector.from_pretrained(str(folder))
+        assert det.methods == methods and det.method == methods[0]
+        img = scene()
+        for m in methods:
+            d = det.detect(img, threshold=0.0, method=m)[0]
+            _same(det.query(det.embed(img, method=m), None, threshold=0.0), d)
+        assert det.detect(img, threshold=0.0)[0].image_embeddings is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(model_dir, detector):
+    gpu = Detector.from_pretrained(str(model_dir), device="cuda")
+    assert gpu.info()["device"].startswith("cuda")
+    img = scene()
+    for method in ("vild-ensemble", "vild-text+clip"):
+        want = detector.detect(img, ["star", "ring"], attributes=["red", "blue"], threshold=0.05, method=method)[0]
+        got = gpu.detect(img, ["star", "ring"], attributes=["red", "blue"], threshold=0.05, method=method)[0]
+        assert got.boxes.device.type == "cpu"  # results always come back on the CPU
+        assert len(got) == len(want)
+        assert torch.allclose(got.scores, want.scores, atol=1e-3)
+        assert torch.allclose(got.boxes, want.boxes, atol=1e-2)
+        q = gpu.query(gpu.embed(img, method=method), ["star", "ring"], attributes=["red", "blue"], threshold=0.05)
+        _same(q, got)
