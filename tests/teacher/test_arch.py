@@ -60,3 +60,40 @@ def test_vild_prompts_fit_the_context_length():
     ctx = model_config()["text_cfg"]["context_length"]
     tok = open_clip.get_tokenizer(ARCH_NAME, context_length=ctx + 1)
     assert int((tok(prompts)[:, -1] != 0).sum()) == 0
+
+
+def test_packaged_image_tower_is_the_timm_registered_cnn(tmp_path):
+    import timm
+
+    from vild.teacher import Teacher
+    from vild.teacher.cnn import TIMM_NAME, ShapeWorldCNN
+
+    register()
+    assert timm.is_model(TIMM_NAME)
+    model, tokenizer, cfg = create_clip()
+    assert cfg["vision_cfg"]["timm_model_name"] == TIMM_NAME
+    assert isinstance(model.visual.trunk, ShapeWorldCNN)
+    model.eval()
+    teacher = Teacher(model, tokenizer, image_size=64, mean=(0.5,) * 3, std=(0.25,) * 3, model_cfg=cfg)
+    x = torch.rand(3, 3, 64, 64)
+    before = teacher.encode_images(x)
+    reloaded = Teacher.load(teacher.save(tmp_path / "t"))  # through open_clip's local-dir path
+    assert isinstance(reloaded.model.visual.trunk, ShapeWorldCNN)
+    assert torch.allclose(reloaded.encode_images(x), before, atol=1e-6)
+
+
+def test_cnn_follows_the_timm_head_protocol():
+    import pytest
+    import timm
+
+    from vild.teacher.cnn import TIMM_NAME, ShapeWorldCNN
+
+    register()
+    net = timm.create_model(TIMM_NAME, num_classes=5)
+    assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 5)
+    net.reset_classifier(0, global_pool="max")
+    assert net(torch.zeros(2, 3, 40, 40)).shape == (2, net.num_features)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model(TIMM_NAME, pretrained=True)
+    with pytest.raises(ValueError, match="global_pool"):
+        ShapeWorldCNN().reset_classifier(0, global_pool="attn")

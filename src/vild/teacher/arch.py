@@ -29,6 +29,9 @@ def register() -> str:
     """Register `vild-shapeworld-clip` with open_clip (idempotent); returns the name."""
     import open_clip
 
+    from vild.teacher.cnn import register_timm
+
+    register_timm()  # the image tower is a timm model of ours (see vild.teacher.cnn)
     if ARCH_NAME not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_PATH)
     return ARCH_NAME

@@ -61,6 +61,15 @@ class TeacherTrainConfig:
     # true). Without it the model learns colour first and shape very late.
     colour_dropout: float = 0.0
     hue_augment: float = 0.0
+    # text augmentation: this fraction of captions gets word2vec-style subsampling of frequent
+    # words (template words like "a photo of" mostly dropped, names and attributes kept)
+    subsample_captions: float = 0.0
+    subsample_threshold: float = 0.01
+    # caption-word pretraining of the image tower (vild.teacher.pretrain), then contrastive
+    # training with the image trunk locked (LiT) or not
+    pretrain_steps: int = 0
+    pretrain_lr: float = 2e-3
+    lock_image_trunk: bool = False
     eval_every: int = 0  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
 
 
@@ -189,6 +198,29 @@ def strip_words(caption: str, words: Sequence[str]) -> tuple[str, bool]:
     return _ARTICLE.sub(fix, out), True
 
 
+_WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
+
+
+def word_frequencies(captions: Sequence[str]) -> dict[str, float]:
+    """Fraction of all caption words that are each word (lower-cased)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for c in captions:
+        for w in _WORD.findall(c.lower()):
+            counts[w] = counts.get(w, 0) + 1
+            total += 1
+    return {w: n / max(total, 1) for w, n in counts.items()}
+
+
+def subsample_words(caption: str, freq: dict[str, float], threshold: float, rng: np.random.Generator) -> str:
+    """word2vec-style subsampling of frequent words: keep a word with probability
+    min(1, sqrt(threshold / frequency)), so template words ("a", "photo", "of") mostly go and
+    the informative ones (names, attributes) stay. Never returns an empty caption."""
+    words = _WORD.findall(caption.lower())
+    kept = [w for w in words if rng.random() < math.sqrt(threshold / max(freq.get(w, threshold), 1e-12))]
+    return " ".join(kept) if kept else caption
+
+
 def hue_change(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """For images where mask: a random non-identity channel permutation, or grey (1 in 6)."""
     perms = torch.tensor([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
@@ -311,6 +343,8 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     stripped = [strip_words(c, colour_words) for c in corpus.captions]
     names_colour = torch.tensor([changed for _, changed in stripped])  # caption names a colour
     tokens_plain = tokenizer([c for c, _ in stripped]) if config.colour_dropout > 0 else tokens
+    freq = word_frequencies(corpus.captions) if config.subsample_captions > 0 else {}
+    text_rng = np.random.default_rng(config.seed)
     wide = tokenizer(corpus.captions[: min(n, 4096)], context_length=context_length + 1)
     truncated = int((wide[:, -1] != 0).sum())
     if truncated and log:
@@ -320,7 +354,30 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     total = int(config.steps) if config.steps else max(1, round(config.epochs * steps_per_epoch))
     batch = min(config.batch_size, n)
 
-    model.train()
+    pretrain_summary = None
+    pretrain_start = time.perf_counter()
+    if config.pretrain_steps > 0:
+        from vild.teacher.pretrain import pretrain_image_tower
+
+        pretrain_summary = pretrain_image_tower(
+            model.visual, corpus.images, corpus.captions, steps=config.pretrain_steps,
+            batch_size=batch, lr=config.pretrain_lr, weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            make_batch=lambda imgs, g: augment(imgs, config, g, mean=mean_t, std=std_t, out_size=image_size),
+            generator=gen, device=device, progress=progress, log=log)
+        pretrain_summary["seconds"] = round(time.perf_counter() - pretrain_start, 1)
+    trunk = getattr(model.visual, "trunk", None) if config.lock_image_trunk else None
+    if config.lock_image_trunk and trunk is None:
+        raise VildError("lock_image_trunk needs a timm image tower (vision_cfg.timm_model_name)")
+    if trunk is not None:
+        trunk.requires_grad_(False)
+
+    def set_train() -> None:
+        model.train()
+        if trunk is not None:
+            trunk.eval()  # locked: BatchNorm statistics stay those of pretraining
+
+    set_train()
     opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
                             betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
@@ -350,7 +407,16 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             idx = order[pos:pos + batch]
             pos += batch
             drop = (torch.rand(len(idx), generator=gen) < config.colour_dropout) & names_colour[idx]
-            t = torch.where(drop.view(-1, 1), tokens_plain[idx], tokens[idx]).to(device)
+            t = torch.where(drop.view(-1, 1), tokens_plain[idx], tokens[idx])
+            if config.subsample_captions > 0:
+                sub = (torch.rand(len(idx), generator=gen) < config.subsample_captions).tolist()
+                rows = [j for j, flag in enumerate(sub) if flag]
+                if rows:
+                    texts = [stripped[int(idx[j])][0] if drop[j] else corpus.captions[int(idx[j])] for j in rows]
+                    t = t.clone()
+                    t[rows] = tokenizer([subsample_words(c, freq, config.subsample_threshold, text_rng)
+                                         for c in texts])
+            t = t.to(device)
             hue = (drop | ~names_colour[idx]) & (torch.rand(len(idx), generator=gen) < config.hue_augment)
             x = augment(corpus.images[idx], config, gen, mean=mean_t, std=std_t, out_size=image_size,
                         hue_mask=hue).to(device)
@@ -381,13 +447,13 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
                 acc = _probe_accuracy(model, tokenizer, probe, image_size, mean, std)
                 curve.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1),
                               "loss": round(ema, 4), "val_top1": round(acc, 4)})
-                model.train()
+                set_train()
                 if log:
                     bar.write(f"step {step + 1}: loss {ema:.3f}, held-out top-1 {100 * acc:.1f}% "
                               f"({time.perf_counter() - start:.0f} s)")
     finally:
         bar.close()
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - pretrain_start  # word pretraining included
     model.eval()
 
     preprocess_cfg = {"size": image_size, "mean": list(mean), "std": list(std),
@@ -410,6 +476,8 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     }
     if curve:
         summary["curve"] = curve
+    if pretrain_summary is not None:
+        summary["word_pretraining"] = pretrain_summary
     # quick held-out check with simple prompts (the benchmark uses the 63 ViLD prompts)
     val_path = world_dir / "web" / "val.npz"
     if val_path.is_file() and (world_dir / "world.json").is_file():

@@ -1,0 +1,81 @@
+"""Caption-word pretraining of the image tower, and contrastive training with the trunk locked."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from vild.teacher import TeacherTrainConfig, train_teacher
+from vild.teacher.arch import create_clip
+from vild.teacher.pretrain import caption_vocabulary, pretrain_image_tower, word_targets
+
+from .conftest import tiny_cfg
+
+
+def tiny_cnn_cfg() -> dict:
+    cfg = tiny_cfg()
+    cfg["vision_cfg"] = {"image_size": 32, "timm_model_name": "vild_shapeworld_cnn",
+                         "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"}
+    return cfg
+
+
+def test_vocabulary_and_targets():
+    captions = ["a red square.", "A red circle", "a blue square", "zebra"]
+    vocab = caption_vocabulary(captions, min_count=2)
+    assert vocab == ["a", "red", "square"]
+    t = word_targets(captions, vocab)
+    assert torch.allclose(t[0], torch.tensor([1 / 3, 1 / 3, 1 / 3]))
+    assert torch.allclose(t[1], torch.tensor([0.5, 0.5, 0.0]))
+    assert t[3].sum() == 0  # no known word: the row is skipped in training
+
+
+def test_pretraining_lowers_the_word_loss():
+    torch.manual_seed(0)
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    captions = []
+    for i in range(64):
+        colour = i % 2
+        images[i, colour] = 255  # red or green image
+        captions.append("a red thing" if colour == 0 else "a green thing")
+    model, _, _ = create_clip(tiny_cnn_cfg())
+    summary = pretrain_image_tower(
+        model.visual, images, captions, steps=40, batch_size=16, lr=3e-3, weight_decay=0.0,
+        warmup_steps=2, make_batch=lambda x, g: x.float() / 255 - 0.5,
+        generator=torch.Generator().manual_seed(0), min_count=2, progress=False)
+    assert summary["vocabulary_size"] == 4
+    # uniform over 4 words: ln 4 = 1.386; the floor is the targets' entropy ln 3 = 1.0986,
+    # reached only when the colour word is predicted from the image
+    assert summary["loss_last"] < summary["loss_first"]
+    assert summary["loss_last"] < 1.11
+
+
+def test_locked_trunk_keeps_its_pretrained_weights(tiny_world, tmp_path):
+    def run(name, steps, lock):
+        cfg = TeacherTrainConfig(steps=steps, batch_size=16, warmup_steps=1, precision="fp32", threads=1,
+                                 pretrain_steps=3, lock_image_trunk=lock)
+        summary = train_teacher(tiny_world, tmp_path / name, cfg, model_cfg=tiny_cnn_cfg(), progress=False, log=None)
+        return summary, load_file(str(tmp_path / name / "open_clip_model.safetensors"))
+
+    summary, short = run("short", 1, True)
+    assert summary["word_pretraining"]["vocabulary_size"] > 0
+    _, long = run("long", 5, True)
+    _, free = run("free", 5, False)
+    trunk = [k for k in short if k.startswith("visual.trunk.")]
+    text = [k for k in short if k.startswith("transformer.")]
+    assert trunk and text
+    # same pretraining (same seed); a locked trunk (weights and BatchNorm statistics) does not
+    # move during contrastive training, the text tower and an unlocked trunk do
+    assert all(torch.equal(short[k], long[k]) for k in trunk)
+    assert any(not torch.equal(short[k], long[k]) for k in text)
+    assert any(not torch.equal(long[k], free[k]) for k in trunk)
+
+
+def test_lock_needs_a_timm_tower(tiny_world, tmp_path):
+    import pytest
+
+    from vild.errors import VildError
+
+    cfg = TeacherTrainConfig(steps=2, batch_size=8, warmup_steps=1, precision="fp32", threads=1,
+                             lock_image_trunk=True)
+    with pytest.raises(VildError, match="timm image tower"):
+        train_teacher(tiny_world, tmp_path / "t", cfg, model_cfg=tiny_cfg(), progress=False, log=None)
