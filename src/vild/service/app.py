@@ -1,0 +1,524 @@
+"""The HTTP service: `create_app(detector, config)` -> a FastAPI app.
+
+Model calls run one at a time on a single worker thread (`ModelRunner`), never on the event
+loop; every request has a deadline; every refusal is a 4xx/5xx with `{"error", "detail"}` and
+never a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vild.errors import VildError
+from vild.service import schemas
+from vild.service.cache import RegionCache
+from vild.service.config import ServiceConfig
+from vild.service.errors import ServiceError
+from vild.service.images import decode_base64, decode_image
+from vild.service.runner import FAST, ModelRunner
+from vild.service.serialize import detections_json
+
+log = logging.getLogger("vild.service")
+
+STATIC_DIR = Path(__file__).parent / "static"
+EXAMPLES_DIR = Path(__file__).parent.parent / "assets" / "examples"
+EXAMPLE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _error_body(status: int, code: str, detail: str) -> tuple[int, bytes]:
+    return status, json.dumps({"error": code, "detail": detail}).encode()
+
+
+class GuardMiddleware:
+    """Pure ASGI: refuses bodies over `max_body_bytes` (from Content-Length up front, or while
+    streaming a chunked body) with 413, and adds security headers to every response."""
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_body_bytes
+        too_large = f"request body is larger than the limit of {limit} bytes"
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return await self._reply(send, *_error_body(400, "bad_request", "bad Content-Length"))
+                if declared > limit:
+                    return await self._reply(send, *_error_body(413, "upload_too_large", too_large))
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_with_headers(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = dict(message, headers=headers)
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not started:
+                await self._reply(send, *_error_body(413, "upload_too_large", too_large))
+
+    @staticmethod
+    async def _reply(send, status: int, body: bytes) -> None:
+        await send({
+            "type": "http.response.start", "status": status,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"), *SECURITY_HEADERS],
+        })
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _names(value: Any, what: str, config: ServiceConfig) -> list[str] | None:
+    """A list or comma-separated string of names -> cleaned, de-duplicated list (or None)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names: list[str] = []
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ServiceError(422, "bad_vocabulary", f"{what} must be strings")
+        name = " ".join(item.split())  # trims and folds whitespace, newlines included
+        if not name:
+            continue
+        if len(name) > config.max_name_length:
+            raise ServiceError(
+                422, "name_too_long",
+                f"a name in {what} has {len(name)} characters; the limit is {config.max_name_length}",
+            )
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+        if len(names) > config.max_vocabulary:
+            raise ServiceError(
+                422, "vocabulary_too_long", f"{what} has more than {config.max_vocabulary} names"
+            )
+    if not names:
+        raise ServiceError(422, "bad_vocabulary", f"{what} has no names")
+    return names
+
+
+def _validation_message(err: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def bundled_examples(folder: Path = EXAMPLES_DIR) -> dict[str, Path]:
+    """Example images shipped in the package: file name -> path (clients only ever send a
+    name from this listing, never a path)."""
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name: p for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES
+    }
+
+
+def create_app(
+    detector, config: ServiceConfig | None = None, *, threads: int | None = None,
+    examples_dir: Path | None = None,
+) -> FastAPI:
+    """A FastAPI app serving `detector` (a `vild.inference.Detector`, or anything with the same
+    `detect`/`embed`/`query`/`info`/`methods`/`default_vocabulary`)."""
+    config = config or ServiceConfig()
+    runner = ModelRunner(config.max_pending, threads=threads)
+    cache = RegionCache(config.cache_size, config.cache_bytes)
+    decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_workers, thread_name_prefix="vild-decode")
+    info = dict(detector.info())
+    model_name = str(info.get("name", "vild"))
+    methods = tuple(detector.methods)
+    default_method = info.get("method") or (methods[0] if methods else None)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        runner.shutdown()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="vild",
+        description="Open-vocabulary detection (ViLD). Upload an image, name what to find.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.runner = runner
+    app.state.cache = cache
+    app.state.config = config
+    app.state.detector = detector
+
+    # ---- errors: one JSON shape, never a traceback ----
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError):
+        return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(VildError)
+    async def _vild_error(request: Request, exc: VildError):
+        line = (str(exc).strip().splitlines() or ["invalid request"])[0]
+        return JSONResponse({"error": "bad_request", "detail": line}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "invalid_request", "detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "detail": "internal server error"}, status_code=500)
+
+    # ---- helpers ----
+    async def within_deadline(coro):
+        try:
+            return await asyncio.wait_for(coro, timeout=config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServiceError(
+                408, "timeout", f"the request took longer than the limit of {config.request_timeout_s:g} s"
+            ) from None
+
+    async def read_request(request: Request, model: type) -> tuple[Any, torch.Tensor]:
+        """Parse JSON (base64 image) or multipart (file upload) into `model` and the image."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=16)
+            except StarletteHTTPException as e:
+                raise ServiceError(e.status_code if e.status_code < 500 else 400, "bad_form", str(e.detail)) from None
+            except _BodyTooLarge:
+                raise
+            except Exception:
+                raise ServiceError(400, "bad_form", "could not parse the multipart form") from None
+            try:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise ServiceError(422, "bad_image", "the form needs a file field named 'image'")
+                data = await upload.read(config.max_upload_bytes + 1)
+                fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
+            finally:
+                await form.close()
+            fields["image"] = "-"
+            try:
+                body = model.model_validate(_form_values(fields))
+            except ValidationError as e:
+                raise ServiceError(422, "invalid_request", _validation_message(e)) from None
+        elif ctype == "application/json":
+            try:
+                payload = json.loads(await request.body())
+            except ValueError:
+                raise ServiceError(400, "bad_json", "the body is not valid JSON") from None
+            if not isinstance(payload, dict):
+                raise ServiceError(422, "invalid_request", "the JSON body must be an object")
+            try:
+                body = model.model_validate(payload)
+            except ValidationError as e:
+                raise ServiceError(422, "invalid_request", _validation_message(e)) from None
+            data = decode_base64(body.image, config.max_upload_bytes)
+        else:
+            raise ServiceError(
+                415, "unsupported_media_type",
+                "send multipart/form-data with a file field 'image', or application/json with a base64 'image'",
+            )
+        image = await asyncio.get_running_loop().run_in_executor(
+            decode_pool, functools.partial(
+                decode_image, data, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels)
+        )
+        return body, image
+
+    def check_query(body: schemas.QueryRequest) -> tuple[list[str] | None, list[str] | None, int]:
+        """(vocabulary, attributes, max_detections) of a request, within the limits."""
+        limit = body.max_detections
+        if "max_detections" not in body.model_fields_set:
+            limit = min(limit, config.max_detections)  # the default never exceeds the limit
+        elif limit > config.max_detections:
+            raise ServiceError(
+                422, "too_many_detections",
+                f"max_detections is {limit}; the limit is {config.max_detections}",
+            )
+        vocabulary = _names(body.vocabulary, "vocabulary", config)
+        return vocabulary, _names(body.attributes, "attributes", config), limit
+
+    def check_method(method: str | None) -> None:
+        if method is not None and method not in methods:
+            raise ServiceError(422, "bad_method", f"method must be one of {list(methods)}")
+
+    def mask_cap(max_dets: int, h: int, w: int, notes: list[str]) -> int:
+        """Masks come back at image size: lower max_detections to fit max_mask_bytes."""
+        fit = max(1, config.max_mask_bytes // max(1, h * w * 4))
+        if max_dets > fit:
+            notes.append(f"max_detections lowered from {max_dets} to {fit}: masks of a {w}x{h} image "
+                         f"take {h * w * 4 / 2**20:.1f} MiB each")
+            return fit
+        return max_dets
+
+    def model_call(fn, args, kwargs, *, masks: bool, vocabulary, attributes, method, notes):
+        """On the model thread: the call, then the JSON body (RLE encoding is CPU work that
+        belongs off the event loop too)."""
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            dets = fn(*args, **kwargs)
+        if isinstance(dets, list):
+            dets = dets[0]
+        t1 = time.perf_counter()
+        vocab = list(getattr(dets, "class_names", None) or vocabulary or detector.default_vocabulary)
+        out = detections_json(dets, vocab, with_masks=masks)
+        t2 = time.perf_counter()
+        body = {"model": model_name, "method": method, "vocabulary": vocab, "attributes": attributes, **out}
+        if notes:
+            body["notes"] = notes
+        return body, {"model": (t1 - t0) * 1000, "serialize": (t2 - t1) * 1000}
+
+    def respond(body: dict, timing: dict) -> JSONResponse:
+        body["timing_ms"] = {k: round(v, 2) for k, v in timing.items()}
+        return JSONResponse(body)
+
+    def _timed(fn, *args, **kwargs):
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = fn(*args, **kwargs)
+        return out, (time.perf_counter() - t) * 1000
+
+    err = {"model": schemas.ErrorResponse}
+    common_errors = {400: err, 408: err, 413: err, 415: err, 422: err, 503: err}
+
+    # ---- endpoints ----
+    @app.post(
+        "/v1/detect", response_model=schemas.DetectResponse, responses=common_errors,
+        summary="Detect a vocabulary in one image",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": schemas.DetectRequest.model_json_schema()},
+            "multipart/form-data": {"schema": schemas.form_schema(True, True)},
+        }}},
+    )
+    async def detect(request: Request):
+        async def work():
+            t0 = time.perf_counter()
+            body, image = await read_request(request, schemas.DetectRequest)
+            vocabulary, attributes, max_dets = check_query(body)
+            check_method(body.method)
+            notes: list[str] = []
+            max_dets = mask_cap(max_dets, int(image.shape[1]), int(image.shape[2]), notes)
+            t1 = time.perf_counter()
+            out, timing = await runner.run(
+                model_call, detector.detect, ([image], vocabulary),
+                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets,
+                     method=body.method),
+                masks=body.masks, vocabulary=vocabulary, attributes=attributes,
+                method=body.method or default_method, notes=notes,
+            )
+            timing = {"decode": (t1 - t0) * 1000, **timing, "total": (time.perf_counter() - t0) * 1000}
+            return respond(out, timing)
+
+        return await within_deadline(work())
+
+    @app.post(
+        "/v1/images", response_model=schemas.ImageResponse, responses=common_errors, status_code=201,
+        summary="Run the detector once and cache the image's region embeddings",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": schemas.ImageRequest.model_json_schema()},
+            "multipart/form-data": {"schema": schemas.form_schema(True, False)},
+        }}},
+    )
+    async def add_image(request: Request):
+        async def work():
+            t0 = time.perf_counter()
+            body, image = await read_request(request, schemas.ImageRequest)
+            check_method(body.method)
+            t1 = time.perf_counter()
+            kwargs = {"method": body.method} if body.method is not None else {}
+            regions, model_ms = await runner.run(_timed, detector.embed, image, **kwargs)
+            h, w = int(image.shape[1]), int(image.shape[2])
+            key = cache.put(regions, {"image_size": [h, w], "method": body.method or default_method})
+            timing = {"decode": (t1 - t0) * 1000, "model": model_ms, "total": (time.perf_counter() - t0) * 1000}
+            return JSONResponse(
+                {"id": key, "image_size": [h, w], "timing_ms": {k: round(v, 2) for k, v in timing.items()}},
+                status_code=201,
+            )
+
+        return await within_deadline(work())
+
+    @app.post(
+        "/v1/images/{image_id}/query", response_model=schemas.DetectResponse,
+        responses={**common_errors, 404: err},
+        summary="Score a (new) vocabulary against a cached image, without re-running the detector",
+    )
+    async def query_image(image_id: str, body: schemas.QueryRequest):
+        async def work():
+            t0 = time.perf_counter()
+            regions, meta = _cached(image_id)
+            vocabulary, attributes, max_dets = check_query(body)
+            notes: list[str] = []
+            if body.masks:
+                h, w = meta["image_size"]
+                max_dets = mask_cap(max_dets, h, w, notes)
+            else:
+                regions = _without_region_masks(regions)  # nothing pasted at image size
+            out, timing = await runner.run(
+                model_call, detector.query, (regions, vocabulary),
+                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets),
+                masks=body.masks, vocabulary=vocabulary, attributes=attributes,
+                method=meta.get("method"), notes=notes, _priority=FAST,
+            )
+            return respond(out, {**timing, "total": (time.perf_counter() - t0) * 1000})
+
+        return await within_deadline(work())
+
+    @app.delete("/v1/images/{image_id}", status_code=204, responses={404: err}, summary="Forget a cached image")
+    async def delete_image(image_id: str):
+        if not IMAGE_ID.match(image_id) or not cache.delete(image_id):
+            raise ServiceError(404, "unknown_image", "no cached image has this id")
+        return Response(status_code=204)
+
+    def _cached(image_id: str):
+        hit = cache.get(image_id) if IMAGE_ID.match(image_id) else None
+        if hit is None:
+            raise ServiceError(
+                404, "unknown_image",
+                "no cached image has this id (it may have left the cache); upload it again with POST /v1/images",
+            )
+        return hit
+
+    @app.get("/v1/models", response_model=schemas.ModelsResponse, summary="The served model and the limits")
+    async def models():
+        entry = {**_jsonable(info), "methods": list(methods),
+                 "default_vocabulary": list(detector.default_vocabulary)}
+        limits = {**asdict(config), "max_body_bytes": config.max_body_bytes}
+        return {"models": [entry], "limits": limits}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok", "pending": runner.pending, "cache": cache.stats()}
+
+    if examples_dir is not None:
+        examples = bundled_examples(examples_dir)
+    elif getattr(detector, "examples", None):  # the registry's example images of this model
+        examples = {Path(p).name: Path(p) for p in detector.examples
+                    if Path(p).suffix.lower() in EXAMPLE_SUFFIXES and Path(p).is_file()}
+    else:
+        examples = bundled_examples(EXAMPLES_DIR)
+
+    @app.get("/v1/examples", summary="Names of the bundled example images")
+    async def list_examples():
+        return {"examples": list(examples)}
+
+    @app.get("/examples/{name}", include_in_schema=False)
+    async def example(name: str):
+        path = examples.get(name)
+        if path is None:
+            raise ServiceError(404, "not_found", "no example has this name")
+        return FileResponse(path, media_type=EXAMPLE_SUFFIXES[path.suffix.lower()])
+
+    # ---- the page ----
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", headers={"content-security-policy": PAGE_CSP,
+                                                                 "cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    return _wrap(app, config)
+
+
+def _wrap(app: FastAPI, config: ServiceConfig) -> FastAPI:
+    app.add_middleware(GuardMiddleware, max_body_bytes=config.max_body_bytes)
+    return app
+
+
+def _form_values(fields: dict[str, str]) -> dict[str, Any]:
+    """Form strings -> values for the pydantic model (pydantic parses numbers and booleans)."""
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k in ("vocabulary", "attributes", "method") and not v.strip():
+            continue  # an empty form field means "not given"
+        out[k] = v
+    return out
+
+
+def _without_region_masks(regions):
+    """Cached regions without their masks, so that a query asked without masks pastes none."""
+    from dataclasses import fields, is_dataclass, replace
+
+    if is_dataclass(regions) and any(f.name == "masks" for f in fields(regions)) and regions.masks is not None:
+        return replace(regions, masks=None)
+    return regions
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_jsonable(v) for v in value]
+        return str(value)
+
+
+def _version() -> str:
+    try:
+        from vild import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "0"

@@ -1,0 +1,70 @@
+"""`Detections` -> the service's JSON: one object per detection, masks as COCO RLE."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
+    """[N, H, W] mask probabilities (or bools) -> COCO compressed RLE dicts
+    `{"size": [H, W], "counts": str}` (pycocotools' format, column-major)."""
+    from pycocotools import mask as mask_utils
+
+    if masks.shape[0] == 0:
+        return []
+    binary = (masks.detach().float().cpu() >= threshold).numpy().astype(np.uint8)
+    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def encode_masks_shared(masks: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5) -> list[dict]:
+    """`encode_masks`, encoding each distinct mask once: ViLD's masks and boxes are
+    class-agnostic, so the detections of one region under several labels share a box and a
+    mask (checked, not assumed)."""
+    n = masks.shape[0]
+    if n == 0:
+        return []
+    first: dict[tuple, int] = {}
+    source = list(range(n))
+    for i, box in enumerate(boxes.tolist()):
+        j = first.setdefault(tuple(box), i)
+        if j != i and torch.equal(masks[i], masks[j]):
+            source[i] = j
+    unique = sorted(set(source))
+    encoded = dict(zip(unique, encode_masks(masks[unique], threshold)))
+    return [encoded[source[i]] for i in range(n)]
+
+
+def detections_json(
+    detections: Any,
+    vocabulary: Sequence[str] | None = None,
+    *,
+    with_masks: bool = True,
+) -> dict:
+    """A `Detections` -> `{"image_size": [H, W], "detections": [{"box", "score", "label",
+    "label_id", "mask"?}, ...]}`, best score first. Label names come from the detections'
+    `class_names` when present, else from `vocabulary`."""
+    names = getattr(detections, "class_names", None) or vocabulary
+    boxes = detections.boxes.detach().float().cpu()
+    scores = detections.scores.detach().float().cpu()
+    labels = detections.labels.detach().cpu().long()
+    order = torch.argsort(scores, descending=True, stable=True)
+    masks = getattr(detections, "masks", None)
+    rles = encode_masks_shared(masks[order], boxes[order]) if (with_masks and masks is not None) else None
+    h, w = detections.image_size
+    out = []
+    for rank, i in enumerate(order.tolist()):
+        label_id = int(labels[i])
+        item = {
+            "box": [round(float(v), 2) for v in boxes[i].tolist()],
+            "score": round(float(scores[i]), 5),
+            "label": str(names[label_id]) if names is not None and 0 <= label_id < len(names) else str(label_id),
+            "label_id": label_id,
+        }
+        if rles is not None:
+            item["mask"] = rles[rank]
+        out.append(item)
+    return {"image_size": [int(h), int(w)], "detections": out}
