@@ -145,7 +145,7 @@ class ViLDRoIHeads(nn.Module):
             raise ValueError("with_masks=True needs 'masks' in every target")
         logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_rois, image_sizes)))
         gt_masks = [t["masks"] for t in targets]
-        agnostic = [torch.zeros(t["boxes"].shape[0], dtype=torch.int64) for t in targets]
+        agnostic = [torch.zeros(t["boxes"].shape[0], dtype=torch.int64, device=t["boxes"].device) for t in targets]
         pos_matched = [m[p] for m, p in zip(matched, positive)]
         return maskrcnn_loss(logits, pos_rois, gt_masks, agnostic, pos_matched)
 

@@ -4,6 +4,13 @@
 `vild.regions.store`). It is resumable: each finished batch is checkpointed to a part file, each
 finished shard is written and listed in the manifest, everything by temp-file + rename; a run
 that is killed continues where it stopped (at most the batch in flight is recomputed).
+
+Under torchrun (an initialised `torch.distributed` process group) the shards are dealt to the
+ranks (shard k to rank k mod world size). Each rank writes its shards and, for each, a small
+`shard-XXXXX.entry.json` record; rank 0 merges the records into the manifest when every rank
+is done, and at the start of any later run (so a killed multi-process run resumes shard by
+shard, with any number of processes). The finished store is byte for byte the one a single
+process writes.
 """
 
 from __future__ import annotations
@@ -221,6 +228,8 @@ def embed_regions(
     `resume=False` discards whatever store is in `out_dir`. Images are processed in order,
     `batch_size` at a time through the proposer (images moved to `device` when given),
     read by `num_workers` DataLoader workers. Returns the finished `RegionStore`.
+    Under an initialised `torch.distributed` group every rank must call this with the same
+    arguments; each embeds its share of the shards (see the module docstring).
     """
     if num_proposals < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError("num_proposals, shard_size and batch_size must be >= 1")
@@ -251,35 +260,41 @@ def embed_regions(
         "complete": False,
     }
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VildError(f"{out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world_size = _ranks()
     manifest_path = out_dir / MANIFEST_NAME
-    done: dict[int, dict] = {}
-    if manifest_path.exists() and resume:
-        old = load_json(manifest_path)
-        _check_compatible(old, manifest, out_dir)
-        for entry in old.get("shards", []):
-            k = int(entry.get("index", -1))
-            if _shard_entry_valid(out_dir, entry, k, image_ids, shard_size):
-                done[k] = entry
-    keep_names = {e["file"] for e in done.values()}
-    if resume and manifest_path.exists():
-        # keep part files too (checked below); drop temp files and shards not listed
-        keep_names |= {p.name for p in out_dir.glob("shard-*.part-*.safetensors")}
-    _remove_store_files(out_dir, keep=keep_names, manifest=not resume)
 
     def write_manifest() -> None:
         manifest["shards"] = [done[k] for k in sorted(done)]
         manifest["complete"] = len(done) == n_shards
         save_json(manifest_path, manifest)
 
-    write_manifest()
+    done: dict[int, dict] = {}
+    error = None
+    if rank == 0:  # the only rank that cleans up and writes the manifest
+        try:
+            done, records = _prepare_store(out_dir, manifest, resume=resume, image_ids=image_ids,
+                                           shard_size=shard_size)
+            write_manifest()
+            for path in records:  # merged: the manifest lists them now
+                path.unlink(missing_ok=True)
+        except VildError as e:
+            error = str(e)
+    if world_size > 1:
+        error = _broadcast(error)
+    if error is not None:
+        raise VildError(error)
+    if world_size > 1 and rank != 0:
+        listed = load_json(manifest_path).get("shards", [])
+        done = {int(e["index"]): e for e in listed}
 
-    # resume checkpoints of unfinished shards
-    buffers: dict[int, dict[int, Entry]] = {k: {} for k in range(n_shards) if k not in done}
+    # this rank's unfinished shards, with their resume checkpoints
+    mine = [k for k in range(n_shards) if k not in done and k % world_size == rank]
+    buffers: dict[int, dict[int, Entry]] = {k: {} for k in mine}
     part_files: dict[int, list[Path]] = {k: [] for k in buffers}
     for path in sorted(out_dir.glob("shard-*.part-*.safetensors")):
+        k = _part_shard_index(path)
+        if world_size > 1 and k is not None and k % world_size != rank:
+            continue  # another rank's checkpoint
         if not _load_part(path, identity, image_ids, shard_size, buffers, part_files):
             path.unlink(missing_ok=True)
 
@@ -298,7 +313,10 @@ def embed_regions(
             "index": k, "file": name, "image_ids": ids, "num_regions": total,
             "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
         }
-        write_manifest()
+        if world_size > 1:
+            save_json(out_dir / entry_name(k), done[k])  # merged into the manifest by rank 0
+        else:
+            write_manifest()
         for p in part_files.pop(k, []):
             p.unlink(missing_ok=True)
         del buffers[k]
@@ -325,22 +343,139 @@ def embed_regions(
             batches.append(run)
     pending = sum(len(b) for b in batches)
 
-    if pending:
-        loader = torch.utils.data.DataLoader(
-            source, batch_sampler=batches, collate_fn=_collate_list, num_workers=num_workers,
-        )
-        _run_batches(
-            loader, proposer, teacher, out_dir,
-            image_ids=image_ids, shard_size=shard_size, num_proposals=num_proposals,
-            min_box_size=min_box_size, embed_dim=embed_dim, identity=identity,
-            crops_per_box=len(crop_scales), device=device, progress=progress, total=pending,
-            buffers=buffers, part_files=part_files, shard_positions=shard_positions,
-            finish_shard=finish_shard,
-        )
+    failure: BaseException | None = None
+    try:
+        if pending:
+            loader = torch.utils.data.DataLoader(
+                source, batch_sampler=batches, collate_fn=_collate_list, num_workers=num_workers,
+            )
+            _run_batches(
+                loader, proposer, teacher, out_dir,
+                image_ids=image_ids, shard_size=shard_size, num_proposals=num_proposals,
+                min_box_size=min_box_size, embed_dim=embed_dim, identity=identity,
+                crops_per_box=len(crop_scales), device=device, progress=progress and rank == 0,
+                total=pending, buffers=buffers, part_files=part_files,
+                shard_positions=shard_positions, finish_shard=finish_shard,
+            )
+    except BaseException as e:
+        if world_size == 1:
+            raise
+        failure = e
+    if world_size > 1:
+        # every rank learns whether another failed (instead of waiting for it forever)
+        errors = _all_gather(None if failure is None else f"rank {rank}: {type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        failed = [e for e in errors if e]
+        if failed:
+            raise VildError(f"embedding regions failed on another rank ({failed[0]}); rerun to resume")
+        if rank == 0:
+            for path in sorted(out_dir.glob("shard-*.entry.json")):
+                entry = _read_record(path)
+                if entry is not None and _shard_entry_valid(out_dir, entry, int(entry["index"]),
+                                                            image_ids, shard_size):
+                    done[int(entry["index"])] = entry
+            write_manifest()
+            for path in out_dir.glob("shard-*.entry.json"):
+                path.unlink(missing_ok=True)
+        _barrier()
+        done = {int(e["index"]): e for e in load_json(manifest_path).get("shards", [])}
     if len(done) != n_shards:  # pragma: no cover - defensive
         raise VildError(f"{out_dir}: {n_shards - len(done)} shards were not written")
-    write_manifest()
+    if world_size == 1:
+        write_manifest()
     return RegionStore(out_dir)
+
+
+# ----------------------------------------------------------------------------- ranks
+
+
+def entry_name(index: int) -> str:
+    """The record a rank writes next to a shard it finished (multi-process runs only)."""
+    return f"shard-{index:05d}.entry.json"
+
+
+def _ranks() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(obj: Any) -> list:
+    import torch.distributed as dist
+
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+def _part_shard_index(path: Path) -> int | None:
+    try:
+        return int(path.name.split(".")[0].split("-")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        entry = load_json(path)
+        int(entry["index"])
+        return entry
+    except (VildError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _prepare_store(out_dir: Path, manifest: dict, *, resume: bool, image_ids: list[int],
+                   shard_size: int) -> tuple[dict[int, dict], list[Path]]:
+    """Check a store folder against the plan and clean it: -> (finished shards worth keeping,
+    rank records to delete once the manifest lists them)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VildError(f"{out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST_NAME
+    done: dict[int, dict] = {}
+    had_manifest = manifest_path.exists()
+    if had_manifest and resume:
+        old = load_json(manifest_path)
+        _check_compatible(old, manifest, out_dir)
+        for entry in old.get("shards", []):
+            k = int(entry.get("index", -1))
+            if _shard_entry_valid(out_dir, entry, k, image_ids, shard_size):
+                done[k] = entry
+    records = sorted(out_dir.glob("shard-*.entry.json"))
+    if had_manifest and resume:  # shards a killed multi-process run finished but did not list
+        for path in records:
+            entry = _read_record(path)
+            if entry is None:
+                continue
+            k = int(entry["index"])
+            if k not in done and _shard_entry_valid(out_dir, entry, k, image_ids, shard_size):
+                done[k] = entry
+    keep_names = {e["file"] for e in done.values()}
+    if resume and had_manifest:
+        # keep part files too (checked by their shard's rank); drop temp files and unlisted shards
+        keep_names |= {p.name for p in out_dir.glob("shard-*.part-*.safetensors")}
+    _remove_store_files(out_dir, keep=keep_names, manifest=not resume)
+    return done, records
 
 
 def _run_batches(loader, proposer, teacher, out_dir: Path, *, image_ids, shard_size, num_proposals,

@@ -10,7 +10,9 @@ def register(subparsers) -> None:
         "train",
         help="train a ViLD detector (ViLD-text, ViLD-image, ViLD, ViLD-ensemble, supervised)",
         description="Train a detector on base categories; the classifier is the teacher's text "
-        "embeddings. Give --world for a ShapeWorld-OV world, or --images/--annotations.",
+        "embeddings. Give --world for a ShapeWorld-OV world, or --images/--annotations. "
+        "Data parallel under torchrun (torchrun --nproc_per_node N -m vild train ...): NCCL on "
+        "GPUs, gloo on CPU; rank 0 writes the model, checkpoints and logs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_argument_group("data")
@@ -32,6 +34,12 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model or training setting, e.g. --set temperature=50")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (this rank's GPU if any, else CPU)")
+    p.add_argument("--micro-batch-size", type=int,
+                   help="images per forward pass and process; the global batch (preset batch_size) "
+                   "is reached by data parallelism x gradient accumulation")
+    p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over every process's images")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -39,9 +47,18 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from vild.training.distributed import distributed_session, resolve_device
+
+    device = resolve_device(args.device)
+    with distributed_session(device) as info:
+        return _run(args, device, info)
+
+
+def _run(args, device, info) -> int:
     import torch
 
     from vild.errors import VildError
+    from vild.training.distributed import barrier
     from vild.teacher import Teacher
     from vild.training.loop import TrainData, train_detector
     from vild.training.presets import parse_overrides, preset
@@ -60,6 +77,10 @@ def run(args) -> int:
         train_over["steps"] = args.steps
     if args.seed is not None:
         train_over["seed"] = args.seed
+    if args.micro_batch_size:
+        train_over["micro_batch_size"] = args.micro_batch_size
+    if args.sync_bn:
+        train_over["sync_bn"] = True
     if args.supervised:
         model_over.setdefault("mode", "text")
         train_over.setdefault("repeat_factor_threshold", 0.001)
@@ -81,14 +102,20 @@ def run(args) -> int:
     trained = set(ids)
     vocabulary["novel"] = [not b for b in vocabulary["base"]]
     vocabulary["base"] = [c in trained for c in vocabulary["category_ids"]]
-    all_embeddings = text_embeddings_for(teacher, vocabulary, progress=not args.no_progress)
+    # rank 0 fills the text-embedding cache first; the others then read it
+    if not info.is_main:
+        barrier()
+    all_embeddings = text_embeddings_for(teacher, vocabulary, progress=not args.no_progress and info.is_main)
+    if info.is_main:
+        barrier()
     model_over["embed_dim"] = int(all_embeddings.shape[1])
     model_config, train_config = preset(args.preset, model=model_over, train=train_over)
     data = TrainData(str(images), str(annotations), tuple(ids), args.region_store)
     out = train_detector(
         model_config, train_config, data, all_embeddings[subset(vocabulary, ids)], args.out,
         vocabulary=vocabulary, all_text_embeddings=all_embeddings, resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress, device=device,
     )
-    print(f"model written to {out}")
+    if info.is_main:
+        print(f"model written to {out}")
     return 0

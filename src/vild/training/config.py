@@ -17,6 +17,14 @@ class TrainConfig:
     freeze: module prefixes kept fixed ("backbone", "rpn", ...).
     clip_grad_norm: gradients clipped to this total norm (None = off). The official recipe has
     no clipping; from-scratch CPU runs with temperature 100 diverge without it.
+    batch_size is the global batch of one optimiser step. micro_batch_size: images per forward
+    pass on one process (None = batch_size / number of processes); the global batch is cut
+    into batch_size / micro_batch_size micro-batches, dealt to the processes (data parallel)
+    and, within a process, accumulated (gradient accumulation). Each micro-batch's loss is
+    normalised on its own and the step's gradient is their mean, so a run is the same for any
+    number of processes as long as micro_batch_size is fixed.
+    sync_bn: BatchNorm statistics over the micro-batches of every process at once (the
+    official recipe's sync BN); without it each micro-batch normalises with its own statistics.
     """
 
     steps: int = 2000
@@ -36,6 +44,8 @@ class TrainConfig:
     init_from: str | None = None
     init_modules: tuple[str, ...] = ()
     freeze: tuple[str, ...] = ()
+    micro_batch_size: int | None = None
+    sync_bn: bool = False
     checkpoint_every: int = 500
     log_every: int = 20
     seed: int = 0
@@ -47,6 +57,17 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if not all(0 < f <= 1 for f in self.decay_at):
             raise ValueError("decay_at holds fractions of the schedule in (0, 1]")
+        if self.micro_batch_size is not None:
+            if float(self.micro_batch_size) != int(self.micro_batch_size) or self.micro_batch_size <= 0:
+                raise ValueError("micro_batch_size must be a positive integer")
+            object.__setattr__(self, "micro_batch_size", int(self.micro_batch_size))
+            if self.batch_size % self.micro_batch_size:
+                raise ValueError(
+                    f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                    f"{self.micro_batch_size}"
+                )
+        if self.checkpoint_every <= 0 or self.log_every <= 0:
+            raise ValueError("checkpoint_every and log_every must be positive")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:

@@ -50,18 +50,19 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "shapeworld": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=1500)),
     # A few steps, for plumbing tests and --quick runs.
     "shapeworld-quick": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=12, warmup_steps=4)),
-    # The official LVIS recipe (vild-method.md), R50-FPN and R152-FPN at 1024 px.
+    # The official LVIS recipe (vild-method.md), R50-FPN and R152-FPN at 1024 px: global batch
+    # 256 in micro-batches of 8 images (32 GPUs, or 8 GPUs x 4 accumulation steps), sync BN.
     "lvis-r50": (
         dict(backbone="resnet50", min_size=1024, max_size=1024, temperature=100.0, distill_weight=0.5),
         dict(steps=180_000, batch_size=256, lr=0.32, weight_decay=4e-5, warmup_steps=1000,
              warmup_factor=0.01, output_size=1024, scale_range=(0.1, 2.0), clip_grad_norm=None,
-             checkpoint_every=5000),
+             micro_batch_size=8, sync_bn=True, checkpoint_every=5000),
     ),
     "lvis-r152": (
         dict(backbone="resnet152", min_size=1024, max_size=1024, temperature=100.0, distill_weight=1.0),
         dict(steps=180_000, batch_size=256, lr=0.32, weight_decay=4e-5, warmup_steps=1000,
              warmup_factor=0.01, output_size=1024, scale_range=(0.1, 2.0), clip_grad_norm=None,
-             checkpoint_every=5000),
+             micro_batch_size=8, sync_bn=True, checkpoint_every=5000),
     ),
 }
 
