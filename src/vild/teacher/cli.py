@@ -24,6 +24,11 @@ def register(subparsers) -> None:
     length.add_argument("--steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: 256)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 2e-3)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="caption-word pretraining steps of the image tower before contrastive training "
+                        "(see vild.teacher.pretrain; 0 turns it off)")
+    p.add_argument("--lock-image-trunk", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the pretrained image trunk frozen during contrastive training (LiT)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
@@ -54,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "threads": args.threads, "precision": args.precision,
+        "pretrain_steps": args.pretrain_steps, "lock_image_trunk": args.lock_image_trunk,
     }
     config = dataclasses.replace(TeacherTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     train_teacher(args.world, out, config, device=args.device, progress=not args.quiet,

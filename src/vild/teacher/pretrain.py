@@ -56,18 +56,23 @@ def pretrain_image_tower(
     make_batch: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     generator: torch.Generator,
     min_count: int = 5,
+    loss: str = "bce",
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train `visual` (image -> [B, D]) plus a temporary linear word head to predict each
-    caption's words (soft-target cross-entropy over the caption vocabulary). The head is
-    dropped afterwards. make_batch(uint8 images [B,3,S,S], generator) -> model input.
+    caption's words, and drop the head afterwards. loss "bce": one binary classifier per word
+    (every word's gradient at full strength, so the one shape name of a caption is not diluted
+    by its colour, texture and template words); "softmax": Joulin et al.'s soft-target
+    cross-entropy over the caption vocabulary. make_batch(uint8 images [B,3,S,S], generator) -> model input.
     Returns {"vocabulary_size", "loss_first", "loss_last"}."""
     import math
 
     from tqdm.auto import tqdm
 
+    if loss not in ("bce", "softmax"):
+        raise ValueError(f"loss must be 'bce' or 'softmax', got {loss!r}")
     vocabulary = caption_vocabulary(captions, min_count=min_count)
     targets = word_targets(captions, vocabulary)
     keep = targets.sum(1) > 0
@@ -98,12 +103,16 @@ def pretrain_image_tower(
                 group["lr"] = lr * scale
             x = make_batch(images[idx], generator).to(device)
             logits = head(visual(x).float())
-            loss = -(targets[idx].to(device) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+            target = targets[idx].to(device)
+            if loss == "bce":
+                value = F.binary_cross_entropy_with_logits(logits, (target > 0).float(), reduction="sum") / len(idx)
+            else:
+                value = -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(loss.item())
+            losses.append(value.item())
             bar.update(1)
             if step % 5 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)

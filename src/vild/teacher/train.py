@@ -38,17 +38,17 @@ SIMPLE_TEMPLATES = ("a photo of a {}.", "{}", "a {} shape.")
 class TeacherTrainConfig:
     """Settings of `train_teacher`. `steps` (if set) overrides `epochs`."""
 
-    epochs: float = 6.0
+    epochs: float = 13.0
     steps: int | None = None
-    batch_size: int = 256
-    lr: float = 2e-3
+    batch_size: int = 128
+    lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_steps: int = 50
     grad_clip: float = 1.0
     seed: int = 0
     threads: int | None = None  # torch CPU threads while training (None: leave torch's setting)
-    precision: str = "bf16"  # "bf16" (CPU/GPU autocast) | "fp32"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast; slower than fp32 for this small CNN on CPU)
     # augmentation (boxes relative to the image side)
     aug_scale: tuple[float, float] = (0.75, 1.25)
     aug_aspect: float = 0.2  # max |log(aspect)| jitter
@@ -67,10 +67,11 @@ class TeacherTrainConfig:
     subsample_threshold: float = 0.01
     # caption-word pretraining of the image tower (vild.teacher.pretrain), then contrastive
     # training with the image trunk locked (LiT) or not
-    pretrain_steps: int = 0
+    pretrain_steps: int = 500
     pretrain_lr: float = 2e-3
+    pretrain_loss: str = "softmax"  # "softmax" (Joulin et al.) | "bce"
     lock_image_trunk: bool = False
-    eval_every: int = 0  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
+    eval_every: int = 250  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
 
 
 @dataclass
@@ -364,7 +365,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             batch_size=batch, lr=config.pretrain_lr, weight_decay=config.weight_decay,
             warmup_steps=config.warmup_steps,
             make_batch=lambda imgs, g: augment(imgs, config, g, mean=mean_t, std=std_t, out_size=image_size),
-            generator=gen, device=device, progress=progress, log=log)
+            generator=gen, loss=config.pretrain_loss, device=device, progress=progress, log=log)
         pretrain_summary["seconds"] = round(time.perf_counter() - pretrain_start, 1)
     trunk = getattr(model.visual, "trunk", None) if config.lock_image_trunk else None
     if config.lock_image_trunk and trunk is None:
