@@ -102,7 +102,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     if steps:
         train_over["steps"] = steps
     if init_from is not None:
-        train_over.update(init_from=str(init_from), init_modules=("backbone", "rpn"),
+        train_over.update(init_from=str(init_from), init_modules=tuple(args.init_modules),
                           freeze=tuple(args.freeze))
     model_cfg, train_cfg = preset(
         "shapeworld-quick" if args.quick else "shapeworld",
@@ -244,6 +244,11 @@ def main() -> int:
                         "scratch: every row trains from random init (the paper's protocol, slower)")
     parser.add_argument("--trunk-steps", type=int, help="steps of the shared trunk (default: preset)")
     parser.add_argument("--row-steps", type=int, help="steps of each row (default: preset)")
+    parser.add_argument("--init-modules", nargs="*", default=[],
+                        help="trunk protocol: which trunk weights initialise every row (module name "
+                             "prefixes; default: every weight whose name and shape match: backbone, "
+                             "RPN, box head body, box regressor, mask head. The region-embedding "
+                             "projections, background and ViLD-ensemble's distillation head start fresh)")
     parser.add_argument("--freeze", nargs="*", default=["backbone", "rpn"],
                         help="trunk parts kept fixed while rows train (trunk protocol)")
     parser.add_argument("--rfs-threshold", type=float, default=0.1,
@@ -312,6 +317,7 @@ def main() -> int:
         "crop_regions": args.crop_regions,
         "protocol": args.protocol,
         "freeze": args.freeze if args.protocol == "trunk" else [],
+        "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
         "trunk_steps": args.trunk_steps,
         "row_steps": args.row_steps,
         "rfs_threshold": args.rfs_threshold,
