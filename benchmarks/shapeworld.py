@@ -4,11 +4,15 @@
     .venv/bin/python benchmarks/shapeworld.py --quick      # plumbing only, minutes
     .venv/bin/python benchmarks/shapeworld.py --seeds 1
 
-Regenerates the world and trains the teacher if missing, then per seed: trains ViLD-text on
-base categories (its RPN is the base-trained RPN), precomputes teacher embeddings of its
-proposals, trains ViLD-image, ViLD, ViLD-ensemble and the supervised base+novel baseline (RFS),
-and evaluates every row, plus CLIP on cropped regions and ViLD-text + CLIP on the ViLD-text
-model's proposals. Writes benchmarks/results/shapeworld{,_quick}.{json,md}.
+Regenerates the world and trains the teacher if missing. Default protocol "trunk": one
+detector trunk is trained once on base categories (backbone, RPN, box and mask heads, with
+fixed random class prototypes: no teacher, no novel label), like a pretrained detector shared
+by every row; the teacher embeds its RPN's proposals once (the region store). Then per seed
+every row starts from the trunk's matching weights (backbone and RPN frozen) and trains its
+region-embedding heads: ViLD-text, ViLD-image, ViLD, ViLD-ensemble, and the supervised
+base+novel baseline (RFS). Every row is evaluated, plus CLIP on cropped regions and
+ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
+scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}.
 """
 
 from __future__ import annotations
