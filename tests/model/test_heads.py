@@ -39,3 +39,27 @@ def test_distillation_loss_l1_sum_over_dims_mean_over_regions():
     assert distillation_loss(a, b, "l1").item() == 1.0  # (2 + 0) / 2
     assert distillation_loss(a, b, "l2").item() == 1.0
     assert distillation_loss(a[:0], b[:0]).item() == 0.0
+
+
+def test_select_detections_matches_torchvision_batched_nms():
+    """The large-vocabulary selection keeps exactly what score filter + batched_nms keeps."""
+    from torchvision.ops import batched_nms
+
+    from vild.model import ViLDConfig
+    from vild.model.roi_heads import select_detections
+
+    g = torch.Generator().manual_seed(0)
+    # (600, 5): many candidates in few classes -> the per-class loop; the others -> one offset NMS
+    for num_regions, num_classes in ((60, 3), (60, 50), (60, 400), (600, 5)):
+        xy = torch.rand(num_regions, 2, generator=g) * 80
+        boxes = torch.cat([xy, xy + 5 + torch.rand(num_regions, 2, generator=g) * 30], dim=1)
+        probs = torch.softmax(torch.randn(num_regions, num_classes, generator=g) * 3, dim=1)
+        cfg = ViLDConfig(detections_per_image=100, pre_nms_topk=3000)
+        got_boxes, got_scores, got_labels, got_region = select_detections(boxes, probs, cfg)
+        scores = probs.reshape(-1)
+        keep = torch.where(scores > cfg.score_thresh)[0]
+        region, labels = keep // num_classes, keep % num_classes
+        ref = batched_nms(boxes[region], scores[keep], labels, cfg.nms_thresh)[: cfg.detections_per_image]
+        assert torch.equal(got_scores, scores[keep][ref])
+        assert torch.equal(got_labels, labels[ref]) and torch.equal(got_region, region[ref])
+        assert torch.equal(got_boxes, boxes[region[ref]])

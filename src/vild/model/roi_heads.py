@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, nms
 from torchvision.ops import remove_small_boxes
 
 from vild.model.config import ViLDConfig
@@ -202,16 +202,47 @@ def select_detections(
 
     boxes [P, 4], probs [P, C] -> (boxes [K, 4], scores [K], labels [K], region index [K]),
     K <= detections_per_image, sorted by score.
+
+    Built for large vocabularies (benchmarks/perf_inference.py: 20,000 categories): top-k
+    straight over the [P * C] scores (never every index above the threshold), and NMS only
+    for classes with two or more candidates, by a per-class loop when few classes have
+    several candidates and by one offset-coordinates NMS when many do (torchvision's
+    batched_nms loops over every class present beyond 1,000 CPU candidates).
     """
     num_regions, num_classes = probs.shape
     scores = probs.reshape(-1)
-    region = torch.arange(num_regions, device=probs.device).repeat_interleave(num_classes)
-    labels = torch.arange(num_classes, device=probs.device).repeat(num_regions)
-    keep = torch.where(scores > config.score_thresh)[0]
-    if keep.numel() > config.pre_nms_topk:
-        keep = keep[scores[keep].topk(config.pre_nms_topk).indices]
-    keep = keep[remove_small_boxes(boxes[region[keep]], 1e-2)]
-    scores, labels, region = scores[keep], labels[keep], region[keep]
-    cand_boxes = boxes[region]
-    keep = batched_nms(cand_boxes, scores, labels, config.nms_thresh)[: config.detections_per_image]
-    return cand_boxes[keep], scores[keep], labels[keep], region[keep]
+    if scores.numel() > config.pre_nms_topk:
+        idx = scores.topk(config.pre_nms_topk).indices
+        idx = idx[scores[idx] > config.score_thresh]
+    else:
+        idx = torch.where(scores > config.score_thresh)[0]
+    region, labels = idx // num_classes, idx % num_classes
+    small = remove_small_boxes(boxes[region], 1e-2)
+    idx, region, labels = idx[small], region[small], labels[small]
+    cand_scores, cand_boxes = scores[idx], boxes[region]
+    counts = torch.bincount(labels, minlength=num_classes)
+    multi = counts[labels] > 1
+    kept = [torch.where(~multi)[0]]
+    m = torch.where(multi)[0]
+    if m.numel():
+        classes = torch.unique(labels[m])
+        # measured on CPU: the loop costs ~0.35 ms per class, one NMS over n boxes ~3 ns x n^2
+        if classes.numel() * 120_000 < m.numel() ** 2:
+            for c in classes.tolist():
+                sel = m[labels[m] == c]
+                kept.append(sel[nms(cand_boxes[sel], cand_scores[sel], config.nms_thresh)])
+        else:
+            kept.append(m[batched_nms_offsets(cand_boxes[m], cand_scores[m], labels[m], config.nms_thresh)])
+    keep = torch.cat(kept)
+    keep = keep[cand_scores[keep].argsort(descending=True, stable=True)][: config.detections_per_image]
+    return cand_boxes[keep], cand_scores[keep], labels[keep], region[keep]
+
+
+def batched_nms_offsets(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                        iou_threshold: float) -> torch.Tensor:
+    """Per-class NMS in one call: boxes of different classes are shifted apart so they never
+    overlap (what torchvision's batched_nms does below 1,000 CPU candidates)."""
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    offsets = labels.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
