@@ -29,7 +29,8 @@ def _seed_and_threads(monkeypatch, tmp_path_factory):
     yield
 
 
-def write_model_folder(root, *, mode="ensemble", seed=0, teacher_ref="relative", with_detector_json=True):
+def write_model_folder(root, *, mode="ensemble", seed=0, teacher_ref="relative", with_detector_json=True,
+                       templates="vild"):
     """root/teacher (tiny open_clip folder) + root/model (tiny ViLD folder); returns root/model."""
     from vild.model import build_detector
     from vild.training.checkpoint import save_model, save_vocabulary
@@ -51,7 +52,7 @@ def write_model_folder(root, *, mode="ensemble", seed=0, teacher_ref="relative",
         spec = "../teacher" if teacher_ref == "relative" else str(teacher_dir)
         (folder / "detector.json").write_text(json.dumps({
             "format": "vild-detector/1", "name": "tiny-ensemble", "teacher": spec,
-            "teacher_identity": teacher.identity, "templates": "vild"}))
+            "teacher_identity": teacher.identity, "templates": templates}))
     return folder
 
 

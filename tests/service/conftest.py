@@ -3,18 +3,10 @@ teacher) for the tests that run the real `vild.inference.Detector` behind the se
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-
-VOCAB = {
-    "names": ["circle", "square", "star"],
-    "synonyms": [["disc"], [], ["pentagram"]],
-    "category_ids": [1, 2, 3],
-    "base": [True, True, False],
-}
 
 
 @pytest.fixture(autouse=True)
@@ -24,28 +16,11 @@ def _one_thread():
 
 
 def write_tiny_model(root):
-    """root/teacher (tiny open_clip folder) + root/model (tiny random ViLD-ensemble folder)."""
-    from tests.model.conftest import tiny_config
-    from tests.teacher.conftest import make_tiny_teacher
-    from vild.model import build_detector
-    from vild.training.checkpoint import save_model, save_vocabulary
-    from vild.training.vocabulary import text_embeddings_for
+    """root/teacher (tiny open_clip folder) + root/model (tiny random ViLD-ensemble folder),
+    scored with a single prompt (the service tests need no prompt ensemble)."""
+    from tests.inference.conftest import write_model_folder
 
-    root.mkdir(parents=True, exist_ok=True)
-    teacher = make_tiny_teacher(0)
-    teacher_dir = root / "teacher"
-    teacher.save(teacher_dir)
-    vocab = dict(VOCAB, teacher={"name": str(teacher_dir), "identity": teacher.identity})
-    emb = text_embeddings_for(teacher, vocab, cache_dir=os.environ.get("VILD_CACHE_DIR"))
-    torch.manual_seed(0)
-    model = build_detector(tiny_config(mode="ensemble", embed_dim=32, detections_per_image=50)).eval()
-    folder = root / "model"
-    save_model(folder, model)
-    save_vocabulary(folder, vocab, emb)
-    (folder / "detector.json").write_text(json.dumps({
-        "format": "vild-detector/1", "name": "tiny-ensemble", "teacher": "../teacher",
-        "teacher_identity": teacher.identity, "templates": "single"}))
-    return folder
+    return write_model_folder(root, templates="single")
 
 
 @pytest.fixture(scope="session")
