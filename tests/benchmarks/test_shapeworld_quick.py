@@ -34,3 +34,19 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert set(data["summary"]["rpn_recall_novel"]) == {"base", "base+novel"}
     table = (tmp_path / "results" / "shapeworld_quick.md").read_text()
     assert "ViLD-ensemble" in table and "AR_r@100" in table
+
+
+def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    from vild.training.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "train_config.json").write_text(json.dumps({"steps": 600, "lr": 0.04, "batch_size": 8, "seed": 0}))
+    bench._check_same_schedule(tmp_path, TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0))
+    with pytest.raises(SystemExit, match="steps=600"):
+        bench._check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
