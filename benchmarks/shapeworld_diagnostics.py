@@ -1,13 +1,14 @@
-"""Why ViLD-text scores so low on ShapeWorld-OV base categories: novel names absorb regions.
+"""What the rows of the ShapeWorld-OV table learned, measured apart from detection.
 
-    .venv/bin/python benchmarks/shapeworld_diagnostics.py [--seed-dir benchmarks/work/shapeworld/seed0]
+    .venv/bin/python benchmarks/shapeworld_diagnostics.py --seed-dir benchmarks/work/shapeworld/seed0
 
-For the ViLD-text and ViLD-ensemble models of one seed of `benchmarks/shapeworld.py`, on the
-first --val-images val images:
-  * the share of detections (score > 0.05) labelled with a novel category;
+For the models of one seed of `benchmarks/shapeworld.py`, on the first --val-images val images:
+  * region classification on ground-truth boxes: top-1 accuracy of each head's region
+    embedding against the 24 text embeddings (all, base, novel), so distillation's effect on
+    novel categories is seen without proposals, background or NMS;
+  * the share of detections (score > 0.05) labelled with a novel category (hubness);
   * base AP (LVIS mask APc/APf) with the full 24-name vocabulary vs with the 16 base names only;
-  * statistics of the teacher's text embeddings (pairwise cosine) and, per novel name, how
-    often it is the nearest text embedding of a ViLD-text region embedding.
+  * statistics of the teacher's text embeddings (pairwise cosine).
 Writes benchmarks/results/shapeworld_diagnostics.json.
 """
 
@@ -25,6 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
@@ -32,11 +34,47 @@ from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
+@torch.no_grad()
+def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tensor, base: torch.Tensor,
+                              max_images: int) -> dict:
+    """Top-1 of each head's embedding of every ground-truth box against all text embeddings."""
+    model.eval()
+    heads = model.roi_heads
+    hits: dict[str, list[bool]] = {"text_head": [], "distillation_head": [], "model_scores": []}
+    is_novel: list[bool] = []
+    for i in range(min(max_images, len(dataset))):
+        image, target = dataset[i]
+        if len(target["boxes"]) == 0:
+            continue
+        image_list, resized, _ = model._preprocess([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
+        features = model.backbone(image_list.tensors)
+        pooled = heads.box_roi_pool(features, [resized[0]["boxes"]], image_list.image_sizes)
+        _, embeddings = heads.text_head(pooled)
+        image_embeddings = heads.image_head(pooled)[1] if heads.image_head is not None else None
+        labels = target["labels"]
+        probs = heads.class_probabilities(embeddings, image_embeddings, text, base)
+        hits["model_scores"] += (probs.argmax(1) == labels).tolist()
+        hits["text_head"] += ((embeddings @ text.T).argmax(1) == labels).tolist()
+        if image_embeddings is not None:
+            hits["distillation_head"] += ((image_embeddings @ text.T).argmax(1) == labels).tolist()
+        is_novel += (~base[labels]).tolist()
+    novel = torch.tensor(is_novel)
+    out = {}
+    for name, h in hits.items():
+        if h:
+            h = torch.tensor(h, dtype=torch.float64)
+            out[name] = {"all": round(100 * float(h.mean()), 1), "base": round(100 * float(h[~novel].mean()), 1),
+                         "novel": round(100 * float(h[novel].mean()), 1)}
+    out["boxes"] = len(is_novel)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--world", type=Path, default=ROOT / "benchmarks/work/world")
     parser.add_argument("--teacher", type=Path, default=ROOT / "benchmarks/work/teacher")
     parser.add_argument("--seed-dir", type=Path, default=ROOT / "benchmarks/work/shapeworld/seed0")
+    parser.add_argument("--rows", nargs="*", default=["text", "image", "vild", "ensemble", "supervised"])
     parser.add_argument("--val-images", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/shapeworld_diagnostics.json")
@@ -64,8 +102,10 @@ def main() -> int:
                         "base_to_base_mean": round(float(sim[base][:, base][~torch.eye(int(base.sum()), dtype=torch.bool)].mean()), 3)},
         "rows": {},
     }
-    for row in ("text", "ensemble"):
+    gt_boxes = DetectionDataset(paths["val_images"], paths["val"], category_ids=ids, with_masks=False)
+    for row in args.rows:
         model = load_model(args.seed_dir / row)
+        accuracy = ground_truth_box_accuracy(model, gt_boxes, text, base, args.val_images)
         tmp = args.out.with_suffix(f".{row}.detections.json")
         full = evaluate_detector(model, paths["val_images"], paths["val"], text, ids, base_mask=base,
                                  novel_category_ids=novel_ids, progress=False, max_images=args.val_images,
@@ -76,6 +116,7 @@ def main() -> int:
                                       base_mask=torch.ones(int(base.sum()), dtype=torch.bool),
                                       novel_category_ids=novel_ids, progress=False, max_images=args.val_images)
         entry = {
+            "ground_truth_box_top1": accuracy,
             "full_vocabulary": {k: full["lvis"]["segm"][k] for k in ("AP", "APr", "APc", "APf")},
             "base_vocabulary_only": {k: base_only["lvis"]["segm"][k] for k in ("APc", "APf")},
         }
@@ -85,6 +126,21 @@ def main() -> int:
                 sum(d["category_id"] in set(novel_ids) for d in kept) / max(1, len(kept)), 3)
         result["rows"][row] = entry
         print(row, json.dumps(entry), flush=True)
+    trunk = args.seed_dir.parent / "trunk"
+    if (trunk / "model.safetensors").is_file():
+        # The shared trunk classifies with fixed random prototypes (no teacher); on the base
+        # names alone its AP says whether the detector under every row is trained.
+        from safetensors.torch import load_file
+
+        prototypes = load_file(str(trunk / "text_embeddings.safetensors"))["embeddings"]
+        closed = evaluate_detector(load_model(trunk), paths["val_images"], paths["val"], prototypes[base],
+                                   base_ids, base_mask=torch.ones(int(base.sum()), dtype=torch.bool),
+                                   novel_category_ids=novel_ids, progress=False, max_images=args.val_images)
+        result["trunk_base_vocabulary"] = {
+            "mask": {k: closed["lvis"]["segm"][k] for k in ("AP", "APc", "APf")},
+            "box": {k: closed["lvis"]["bbox"][k] for k in ("AP", "APc", "APf")},
+        }
+        print("trunk", json.dumps(result["trunk_base_vocabulary"]), flush=True)
     result["seconds"] = round(time.perf_counter() - started, 1)
     save_json(args.out, result)
     print(f"wrote {args.out}")
