@@ -32,7 +32,7 @@ browser-deps:
 # The main job: the bundled ShapeWorld-OV ViLD-ensemble model on the bundled example images,
 # over its default vocabulary (all 24 categories; the 8 rare ones were never seen labelled).
 demo: $(STAMP)
-	$(BIN)/vild detect --out demo-output --threshold 0.15
+	$(BIN)/vild detect --out demo-output --threshold 0.3
 	@echo "annotated images, results.json (COCO results) and run.json are in demo-output/"
 
 clean:
