@@ -47,8 +47,8 @@ _SHAPEWORLD_TRAIN = dict(
 
 PRESETS: dict[str, tuple[dict, dict]] = {
     # ShapeWorld-OV on CPU: a narrow ResNet-FPN at 128 px, from scratch. 4000 steps (16 epochs
-    # of 2000 images, ~20 min on 2 cores): most of the gain comes in the last 10% at low lr; at
-    # 600 steps the detector is still near chance (benchmarks/results/shapeworld_diagnostics.json).
+    # of 2000 images, ~20 min on 2 cores) give box APc 48 on the base names; 600 steps gave 1.7
+    # (benchmarks/results/shapeworld_diagnostics{,_600steps}.json).
     "shapeworld": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=4000)),
     # A few steps, for plumbing tests and --quick runs.
     "shapeworld-quick": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=12, warmup_steps=4)),
