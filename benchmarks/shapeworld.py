@@ -15,8 +15,8 @@ by every row; the teacher embeds its RPN's proposals once (the region store). Th
 every row starts from the trunk's matching weights (backbone and RPN frozen) and trains its
 region-embedding heads: ViLD-text, ViLD-image, ViLD, ViLD-ensemble. The supervised
 base+novel baseline (RFS) starts instead from a twin trunk trained on base+novel labels, whose
-RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on cropped regions and
-ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
+RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on
+cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
 scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}.
 """
 
@@ -266,8 +266,9 @@ def main() -> int:
                         help="trunk: rows start from one shared base-trained backbone+RPN; "
                         "scratch: every row trains from random init (the paper's protocol, slower)")
     parser.add_argument("--trunk-steps", type=int, default=4000,
-                        help="steps of the shared trunk (0: the preset's). 600 left it a weak "
-                        "detector (box AP 3.9 on base names); 4000 (16 epochs) reaches 47.8")
+                        help="steps of the shared trunks (0: the preset's). On the base names "
+                        "600 steps gave box APc 1.7, 4000 (16 epochs) 48.1 "
+                        "(benchmarks/results/shapeworld_diagnostics{_600steps,}.json)")
     parser.add_argument("--row-steps", type=int, default=1000, help="steps of each row (0: the preset's)")
     parser.add_argument("--init-modules", nargs="*", default=[],
                         help="trunk protocol: which trunk weights initialise every row (module name "

@@ -30,7 +30,7 @@ from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
-from vild.training.checkpoint import load_model  # noqa: E402
+from vild.training.checkpoint import load_model, load_vocabulary  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
         image, target = dataset[i]
         if len(target["boxes"]) == 0:
             continue
-        image_list, resized, _ = model._preprocess([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
+        image_list, resized = model.transform([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
         features = model.backbone(image_list.tensors)
         pooled = heads.box_roi_pool(features, [resized[0]["boxes"]], image_list.image_sizes)
         _, embeddings = heads.text_head(pooled)
@@ -130,9 +130,7 @@ def main() -> int:
     if (trunk / "model.safetensors").is_file():
         # The shared trunk classifies with fixed random prototypes (no teacher); on the base
         # names alone its AP says whether the detector under every row is trained.
-        from safetensors.torch import load_file
-
-        prototypes = load_file(str(trunk / "text_embeddings.safetensors"))["embeddings"]
+        _, prototypes = load_vocabulary(trunk)
         closed = evaluate_detector(load_model(trunk), paths["val_images"], paths["val"], prototypes[base],
                                    base_ids, base_mask=torch.ones(int(base.sum()), dtype=torch.bool),
                                    novel_category_ids=novel_ids, progress=False, max_images=args.val_images)
