@@ -152,3 +152,23 @@ def test_prompt_longer_than_context_is_an_error(tokenizer, models):
 def test_empty_input(tokenizer, models):
     out = TextEncoder(models.tiny_clip(), tokenizer).encode([])
     assert out.shape == (0, 16)
+
+
+def test_trimmed_training_encoder_matches_encode_text_with_gradients(tokenizer, models):
+    from vild.text.encode import encode_text_trimmed
+
+    prompts = ["a red star.", "the cyan heart with a dark outline on a cluttered background.", "!"]
+    tokens = tokenizer(prompts)
+    for model in (models.tiny_clip(11), models.tiny_custom_text_clip(12), models.tiny_clip(13, pool_type="last")):
+        model.train()
+        ref = model.encode_text(tokens).float()
+        ref.pow(2).sum().backward()
+        ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        out = encode_text_trimmed(model, tokens)
+        assert float((out - ref).detach().abs().max()) <= 1e-5
+        out.pow(2).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        assert grads.keys() == ref_grads.keys()
+        for n, g in grads.items():
+            assert torch.allclose(g, ref_grads[n], atol=1e-5), n

@@ -152,6 +152,36 @@ def inspect_text_tower(model: nn.Module) -> tuple[_Tower | None, str]:
     return tower, ""
 
 
+def _project(t: _Tower, pooled: torch.Tensor) -> torch.Tensor:
+    pooled = t.ln_final(pooled)
+    if isinstance(t.text_projection, nn.Linear):
+        pooled = t.text_projection(pooled)
+    elif t.text_projection is not None:
+        pooled = pooled @ t.text_projection
+    return pooled.float()
+
+
+def _embed(t: _Tower, ids: torch.Tensor, start: int) -> torch.Tensor:
+    cast = t.transformer.get_cast_dtype()
+    x = t.token_embedding(ids).to(cast)
+    return x + t.positional_embedding[start:start + ids.shape[1]].to(cast)
+
+
+def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, tower: _Tower | None = None) -> torch.Tensor:
+    """``model.encode_text(tokens)`` (unnormalised, float32, differentiable: for training) run on
+    positions ``0..`` the batch's last pooled position only; the padding after it is causally
+    invisible. Falls back to ``model.encode_text`` for towers `inspect_text_tower` rejects.
+    Pass ``tower`` (from `inspect_text_tower`) to skip the inspection on every call."""
+    if tower is None:
+        tower, _ = inspect_text_tower(model)
+        if tower is None:
+            return model.encode_text(tokens).float()
+    pos = pooled_positions(tokens, tower.pool_type, tower.eos_id)
+    length = int(pos.max()) + 1
+    x = tower.transformer(_embed(tower, tokens[:, :length], 0), attn_mask=tower.attn_mask[:length, :length])
+    return _project(tower, x[torch.arange(tokens.shape[0], device=x.device), pos])
+
+
 def pooled_positions(tokens: torch.Tensor, pool_type: str, eos_id: int | None) -> torch.Tensor:
     """The position ``text_global_pool`` reads for each row (same expressions as open_clip)."""
     if pool_type == "argmax":
@@ -397,19 +427,10 @@ class TextEncoder:
         return torch.cat(outs)
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
-        t = self._tower
-        pooled = t.ln_final(pooled)
-        if isinstance(t.text_projection, nn.Linear):
-            pooled = t.text_projection(pooled)
-        elif t.text_projection is not None:
-            pooled = pooled @ t.text_projection
-        return pooled.float()
+        return _project(self._tower, pooled)
 
     def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        t = self._tower
-        cast = t.transformer.get_cast_dtype()
-        x = t.token_embedding(ids).to(cast)
-        return x + t.positional_embedding[start:start + ids.shape[1]].to(cast)
+        return _embed(self._tower, ids, start)
 
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
         """Rows of `order` sorted by length, in chunks of at most `batch_size` rows and
