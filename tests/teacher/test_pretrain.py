@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -27,6 +28,21 @@ def test_vocabulary_and_targets():
     assert torch.allclose(t[0], torch.tensor([1 / 3, 1 / 3, 1 / 3]))
     assert torch.allclose(t[1], torch.tensor([0.5, 0.5, 0.0]))
     assert t[3].sum() == 0  # no known word: the row is skipped in training
+
+
+def test_idf_weighting_moves_target_mass_to_rare_words():
+    captions = ["a red square"] * 3 + ["a blue circle"] * 5 + ["a red circle"] * 2
+    vocab = caption_vocabulary(captions, min_count=1)
+    uniform = word_targets(captions, vocab)
+    for power in (1.0, 2.0):
+        t = word_targets(captions, vocab, idf_power=power)
+        assert torch.allclose(t.sum(1), torch.ones(len(captions)))
+        row = t[0]  # "a red square": "a" is in every caption (idf 0), "square" in 3 of 10
+        assert row[vocab.index("a")] < 1e-6
+        assert row[vocab.index("square")] > row[vocab.index("red")] > 0  # 3 of 10 vs 5 of 10
+    assert torch.equal(word_targets(captions, vocab, idf_power=0.0), uniform)
+    with pytest.raises(ValueError, match="idf_power"):
+        word_targets(captions, vocab, idf_power=-1.0)
 
 
 def test_pretraining_lowers_the_word_loss():

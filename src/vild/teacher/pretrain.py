@@ -32,15 +32,26 @@ def caption_vocabulary(captions: Sequence[str], min_count: int = 5) -> list[str]
     return [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
 
 
-def word_targets(captions: Sequence[str], vocabulary: Sequence[str]) -> torch.Tensor:
-    """[N, V] float: each caption's known words, normalised to sum 1 (all-zero rows allowed)."""
+def word_targets(captions: Sequence[str], vocabulary: Sequence[str], idf_power: float = 0.0) -> torch.Tensor:
+    """[N, V] float: each caption's known words, normalised to sum 1 (all-zero rows allowed).
+
+    idf_power > 0 weights each word by idf**idf_power before normalising (idf = -log of the
+    fraction of captions holding the word): rare, specific words (names) then carry more of the
+    target than the template words every caption shares ("a", "photo", "of"), which the image
+    cannot predict anyway. 0 gives Joulin et al.'s uniform targets."""
+    if idf_power < 0:
+        raise ValueError(f"idf_power must be >= 0, got {idf_power}")
     index = {w: i for i, w in enumerate(vocabulary)}
-    targets = torch.zeros(len(captions), len(vocabulary))
+    present = torch.zeros(len(captions), len(vocabulary))
     for row, caption in enumerate(captions):
         cols = sorted({index[w] for w in caption_words(caption) if w in index})
         if cols:
-            targets[row, cols] = 1.0 / len(cols)
-    return targets
+            present[row, cols] = 1.0
+    weights = present
+    if idf_power > 0 and len(captions):
+        df = present.mean(0).clamp(min=1.0 / len(captions))
+        weights = present * (-df.log()).clamp(min=1e-6).pow(idf_power)
+    return weights / weights.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def pretrain_image_tower(
@@ -56,6 +67,7 @@ def pretrain_image_tower(
     make_batch: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
     generator: torch.Generator,
     min_count: int = 5,
+    idf_power: float = 0.0,
     loss: str = "bce",
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -65,7 +77,8 @@ def pretrain_image_tower(
     caption's words, and drop the head afterwards. loss "bce": one binary classifier per word
     (every word's gradient at full strength, so the one shape name of a caption is not diluted
     by its colour, texture and template words); "softmax": Joulin et al.'s soft-target
-    cross-entropy over the caption vocabulary. make_batch(uint8 images [B,3,S,S], generator) -> model input.
+    cross-entropy over the caption vocabulary (words weighted by idf**idf_power, see
+    `word_targets`). make_batch(uint8 images [B,3,S,S], generator) -> model input.
     Returns {"vocabulary_size", "loss_first", "loss_last"}."""
     import math
 
@@ -74,7 +87,7 @@ def pretrain_image_tower(
     if loss not in ("bce", "softmax"):
         raise ValueError(f"loss must be 'bce' or 'softmax', got {loss!r}")
     vocabulary = caption_vocabulary(captions, min_count=min_count)
-    targets = word_targets(captions, vocabulary)
+    targets = word_targets(captions, vocabulary, idf_power=idf_power)
     keep = targets.sum(1) > 0
     usable = torch.nonzero(keep).flatten()
     if len(vocabulary) < 2 or len(usable) < 2:
