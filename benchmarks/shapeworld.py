@@ -83,7 +83,7 @@ def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool = True) 
     from vild.teacher.train import TeacherTrainConfig, train_teacher
 
     log(f"training the teacher into {path}")
-    cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2) if quick else TeacherTrainConfig()
+    cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2, pretrain_steps=2) if quick else TeacherTrainConfig()
     train_teacher(world, path, cfg, progress=progress)
 
 

@@ -15,7 +15,8 @@ from vild.teacher.train import augment
 
 from .conftest import tiny_cfg, write_tiny_world
 
-FAST = TeacherTrainConfig(steps=30, batch_size=24, lr=3e-3, warmup_steps=3, threads=1, precision="fp32")
+FAST = TeacherTrainConfig(steps=30, batch_size=24, lr=3e-3, warmup_steps=3, threads=1, precision="fp32",
+                          pretrain_steps=20)
 
 
 def test_training_reduces_the_loss_and_writes_a_loadable_teacher(tiny_world, tmp_path):
@@ -36,7 +37,7 @@ def test_training_reduces_the_loss_and_writes_a_loadable_teacher(tiny_world, tmp
 
 
 def test_training_is_deterministic(tiny_world, tmp_path):
-    cfg = TeacherTrainConfig(steps=3, batch_size=8, warmup_steps=1, precision="fp32", threads=1)
+    cfg = TeacherTrainConfig(steps=3, batch_size=8, warmup_steps=1, precision="fp32", threads=1, pretrain_steps=3)
     a = train_teacher(tiny_world, tmp_path / "a", cfg, model_cfg=tiny_cfg(), progress=False, log=None)
     b = train_teacher(tiny_world, tmp_path / "b", cfg, model_cfg=tiny_cfg(), progress=False, log=None)
     assert a["identity"] == b["identity"]
@@ -59,7 +60,7 @@ def test_augment_keeps_hue_and_shapes():
 def test_cli_trains(tiny_world, tmp_path, capsys):
     out = tmp_path / "t"
     code = main(["train-teacher", str(tiny_world), "--out", str(out), "--steps", "2", "--batch-size", "8",
-                 "--threads", "1", "--quiet"])
+                 "--pretrain-steps", "2", "--threads", "1", "--quiet"])
     assert code == 0
     assert Teacher.load(out).image_size == 64  # the packaged vild-shapeworld-clip config
     assert main(["train-teacher", str(tiny_world), "--out", str(out), "--steps", "1", "--quiet"]) == 1

@@ -6,6 +6,9 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from vild.teacher.config import TeacherTrainConfig
+
+    d = TeacherTrainConfig()  # help shows the real defaults
     p = subparsers.add_parser(
         "train-teacher",
         help="train the small CLIP teacher on a ShapeWorld-OV web corpus",
@@ -20,19 +23,20 @@ def register(subparsers) -> None:
     p.add_argument("world", metavar="WORLD_DIR", help="a world written by `vild make-world`")
     p.add_argument("--out", required=True, metavar="TEACHER_DIR", help="output teacher folder")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None, help="passes over the corpus (default: 6)")
+    length.add_argument("--epochs", type=float, default=None, help=f"passes over the corpus (default: {d.epochs:g})")
     length.add_argument("--steps", type=int, default=None, help="optimiser steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=None, help="pairs per step (default: 256)")
-    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: 2e-3)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"pairs per step (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate (default: {d.lr:g})")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="caption-word pretraining steps of the image tower before contrastive training "
-                        "(see vild.teacher.pretrain; 0 turns it off)")
+                        f"(see vild.teacher.pretrain; 0 turns it off; default: {d.pretrain_steps})")
     p.add_argument("--lock-image-trunk", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the pretrained image trunk frozen during contrastive training (LiT)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 2)")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed (default: {d.seed})")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own setting)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                   help="autocast precision of the forward pass (default: bf16)")
+                   help=f"autocast precision of the forward pass (default: {d.precision}; bf16 is slower "
+                        "for this small CNN on CPU)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing teacher folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
