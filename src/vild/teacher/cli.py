@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="caption-word pretraining steps of the image tower before contrastive training "
                         f"(see vild.teacher.pretrain; 0 turns it off; default: {d.pretrain_steps})")
+    p.add_argument("--word-loss-weight", type=float, default=None,
+                   help="weight of the caption-word loss kept on the image tower during contrastive "
+                        f"training (0 turns it off; default: {d.word_loss_weight:g})")
     p.add_argument("--lock-image-trunk", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the pretrained image trunk frozen during contrastive training (LiT)")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default: {d.seed})")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "threads": args.threads, "precision": args.precision,
         "pretrain_steps": args.pretrain_steps, "lock_image_trunk": args.lock_image_trunk,
+        "word_loss_weight": args.word_loss_weight,
     }
     config = dataclasses.replace(TeacherTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     train_teacher(args.world, out, config, device=args.device, progress=not args.quiet,

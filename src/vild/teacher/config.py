@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class TeacherTrainConfig:
     """Settings of `train_teacher`. `steps` (if set) overrides `epochs`."""
 
-    epochs: float = 10.0
+    epochs: float = 4.5
     steps: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
@@ -41,9 +41,11 @@ class TeacherTrainConfig:
     subsample_threshold: float = 0.01
     # caption-word pretraining of the image tower (vild.teacher.pretrain), then contrastive
     # training with the image trunk locked (LiT) or not
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 2000
     pretrain_lr: float = 2e-3
     pretrain_loss: str = "softmax"  # "softmax" (Joulin et al.) | "bce"
-    pretrain_idf_power: float = 2.0  # softmax targets weighted by idf**power (pretrain.word_targets)
+    pretrain_idf_power: float = 10.0  # softmax targets weighted by idf**power (pretrain.word_targets)
     lock_image_trunk: bool = False
+    # weight of the same caption-word loss kept on the image tower during contrastive training
+    word_loss_weight: float = 1.0
     eval_every: int = 250  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
