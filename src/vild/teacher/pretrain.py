@@ -77,6 +77,7 @@ def pretrain_image_tower(
     idf_power: float = 0.0,
     loss: str = "bce",
     head: torch.nn.Linear | None = None,
+    targets: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -88,7 +89,8 @@ def pretrain_image_tower(
     cross-entropy over the caption vocabulary (words weighted by idf**idf_power, see
     `word_targets`). make_batch(uint8 images [B,3,S,S], generator) -> model input.
     head: a Linear(D, len(caption_vocabulary(captions, min_count))) to train instead of a
-    fresh one (to keep using it afterwards).
+    fresh one (to keep using it afterwards); targets: the `word_targets` of `captions` if the
+    caller already has them (they are computed here otherwise).
     Returns {"vocabulary_size", "loss_first", "loss_last"}."""
     import math
 
@@ -96,18 +98,19 @@ def pretrain_image_tower(
 
     if loss not in ("bce", "softmax"):
         raise ValueError(f"loss must be 'bce' or 'softmax', got {loss!r}")
-    vocabulary = caption_vocabulary(captions, min_count=min_count)
-    targets = word_targets(captions, vocabulary, idf_power=idf_power)
+    if targets is None:
+        targets = word_targets(captions, caption_vocabulary(captions, min_count=min_count), idf_power=idf_power)
+    vocabulary_size = targets.shape[1]
     keep = targets.sum(1) > 0
     usable = torch.nonzero(keep).flatten()
-    if len(vocabulary) < 2 or len(usable) < 2:
+    if vocabulary_size < 2 or len(usable) < 2:
         raise ValueError("caption-word pretraining needs at least 2 words seen in 2+ captions")
     with torch.no_grad():
         dim = visual(make_batch(images[usable[:2]], generator).to(device)).shape[-1]
     if head is None:
-        head = torch.nn.Linear(dim, len(vocabulary)).to(device)
-    elif head.out_features != len(vocabulary) or head.in_features != dim:
-        raise ValueError(f"head must be Linear({dim}, {len(vocabulary)}), got {head}")
+        head = torch.nn.Linear(dim, vocabulary_size).to(device)
+    elif head.out_features != vocabulary_size or head.in_features != dim:
+        raise ValueError(f"head must be Linear({dim}, {vocabulary_size}), got {head}")
     params = [p for p in visual.parameters() if p.requires_grad] + list(head.parameters())
     opt = adamw(params, device, lr=lr, weight_decay=weight_decay)
     visual.train()
@@ -133,7 +136,7 @@ def pretrain_image_tower(
             if loss == "bce":
                 value = F.binary_cross_entropy_with_logits(logits, (target > 0).float(), reduction="sum") / len(idx)
             else:
-                value = -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+                value = F.cross_entropy(logits, target)  # probability targets
             opt.zero_grad(set_to_none=True)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -144,10 +147,10 @@ def pretrain_image_tower(
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     finally:
         bar.close()
-    summary = {"vocabulary_size": len(vocabulary),
+    summary = {"vocabulary_size": vocabulary_size,
                "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
                "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4)}
     if log:
-        log(f"word pretraining: {steps} steps over {len(vocabulary)} caption words, "
+        log(f"word pretraining: {steps} steps over {vocabulary_size} caption words, "
             f"loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}")
     return summary

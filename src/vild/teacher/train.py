@@ -343,7 +343,8 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             batch_size=batch, lr=config.pretrain_lr, weight_decay=config.weight_decay,
             warmup_steps=config.warmup_steps,
             make_batch=lambda imgs, g: image_batch(imgs),
-            generator=gen, loss=config.pretrain_loss, idf_power=config.pretrain_idf_power, head=word_head,
+            generator=gen, loss=config.pretrain_loss, idf_power=config.pretrain_idf_power,
+            head=word_head, targets=word_targets_all,
             device=device, progress=progress, log=log)
         pretrain_summary["seconds"] = round(time.perf_counter() - pretrain_start, 1)
     trunk = getattr(model.visual, "trunk", None) if config.lock_image_trunk else None
@@ -418,7 +419,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             loss = contrastive
             if word_head is not None:
                 target = word_targets_all[idx].to(device)
-                word_loss = -(target * F.log_softmax(word_head(image_embeddings), dim=-1)).sum(-1).mean()
+                word_loss = F.cross_entropy(word_head(image_embeddings), target)  # probability targets
                 loss = contrastive + config.word_loss_weight * word_loss
                 word_losses.append(word_loss.item())
             if not torch.isfinite(loss):

@@ -426,12 +426,6 @@ class TextEncoder:
                 on_progress(chunk.shape[0])
         return torch.cat(outs)
 
-    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
-        return _project(self._tower, pooled)
-
-    def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        return _embed(self._tower, ids, start)
-
     def _batches(self, order: np.ndarray, lengths: np.ndarray) -> Iterable[np.ndarray]:
         """Rows of `order` sorted by length, in chunks of at most `batch_size` rows and
         `max_tokens` padded token positions (at least one row)."""
@@ -453,10 +447,10 @@ class TextEncoder:
             idx = torch.from_numpy(rows)
             length = int(lengths[rows].max())
             ids = tokens[idx, :length].to(device)
-            x = self._embed(ids, 0)
+            x = _embed(self._tower, ids, 0)
             x = t.transformer(x, attn_mask=t.attn_mask[:length, :length])
             pooled = x[torch.arange(len(rows), device=device), pos[idx].to(device)]
-            out[idx] = self._project(pooled).cpu()
+            out[idx] = _project(self._tower, pooled).cpu()
             if on_progress:
                 on_progress(len(rows))
         return out
@@ -500,7 +494,7 @@ class TextEncoder:
                 prefix_valid = torch.arange(pb, device=device)[None, :] < p_rows.to(device)[:, None]
             last = torch.from_numpy(suffix_len[batch] - 1).to(device)
             pooled = self._run_blocks(x, past, prefix_valid, last)
-            out[idx] = self._project(pooled).cpu()
+            out[idx] = _project(self._tower, pooled).cpu()
             if on_progress:
                 on_progress(len(batch))
         return out
@@ -522,7 +516,7 @@ class TextEncoder:
             for i in range(0, len(gis), self.batch_size):
                 part = gis[i:i + self.batch_size]
                 ids = torch.stack([prefixes[g - 1] for g in part]).to(device)
-                _, kv = self._run_blocks_full(self._embed(ids, 0))
+                _, kv = self._run_blocks_full(_embed(self._tower, ids, 0))
                 if table is None:
                     table = [(k.new_zeros((len(prefixes) + 1, k.shape[1], pmax, k.shape[3])),
                               v.new_zeros((len(prefixes) + 1, v.shape[1], pmax, v.shape[3])))
@@ -608,7 +602,7 @@ class TextEncoder:
         past = [(k.index_select(0, g)[:, :, :p], v.index_select(0, g)[:, :, :p]) for k, v in table]
         valid = torch.arange(p, device=device)[None, :] < p_rows.to(device)[:, None]
         pooled = self._run_blocks(x, past, valid, (lengths - p_rows - 1).to(device))
-        return self._project(pooled).cpu()
+        return _project(self._tower, pooled).cpu()
 
 
 def _kv_block(blk, x: torch.Tensor, past, mask: torch.Tensor | None, only: torch.Tensor | None):
