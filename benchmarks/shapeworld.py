@@ -43,7 +43,7 @@ from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: 
 from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
-from vild.training.presets import preset  # noqa: E402
+from vild.training.presets import parse_overrides, preset  # noqa: E402
 from vild.training.vocabulary import (  # noqa: E402
     dataset_vocabulary,
     subset,
@@ -100,8 +100,11 @@ def row_metrics(result: dict) -> dict:
 
 def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict, text: torch.Tensor,
               supervised: bool = False, store: Path | None = None, steps: int | None = None,
-              init_from: Path | None = None, timings: dict | None = None) -> Path:
-    """Train one row (or the trunk) unless its model already exists; returns its folder."""
+              init_from: Path | None = None, timings: dict | None = None,
+              overrides: tuple[dict, dict] = ({}, {})) -> Path:
+    """Train one row (or the trunk) unless its model already exists; returns its folder.
+
+    overrides: (model, train) settings applied on top of the preset (`--row-set`)."""
     paths = world_paths(world)
     base_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if b]
     ids = vocab["category_ids"] if supervised else base_ids
@@ -111,9 +114,10 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     if init_from is not None:
         train_over.update(init_from=str(init_from), init_modules=tuple(args.init_modules),
                           freeze=tuple(args.freeze))
+    model_over, extra_train = overrides
     model_cfg, train_cfg = preset(
         "shapeworld-quick" if args.quick else "shapeworld",
-        model=dict(mode=mode, embed_dim=text.shape[1]), train=train_over,
+        model=dict(model_over, mode=mode, embed_dim=text.shape[1]), train={**extra_train, **train_over},
     )
     if (out / "model.safetensors").is_file():
         _check_same_schedule(out, train_cfg)
@@ -135,7 +139,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
 def _check_same_schedule(out: Path, wanted) -> None:
     """A finished model is reused only if it was trained with the schedule asked for now."""
     saved = json.loads((out / "train_config.json").read_text())
-    for key in ("steps", "lr", "batch_size", "seed", "init_from"):
+    for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm"):
         if saved.get(key) != getattr(wanted, key):
             raise SystemExit(
                 f"{out} was trained with {key}={saved.get(key)!r}, this run asks for "
@@ -169,7 +173,8 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     base_mask = torch.tensor(vocab["base"])
     seed_dir = work / f"seed{seed}"
     timings: dict[str, float] = {}
-    common = dict(seed=seed, args=args, world=world, vocab=vocab, text=text, timings=timings)
+    common = dict(seed=seed, args=args, world=world, vocab=vocab, text=text, timings=timings,
+                  overrides=args.row_overrides)
     if args.protocol == "trunk":
         rows_from = dict(init_from=shared["trunk"], steps=args.row_steps)
         store = shared["store"]
@@ -179,10 +184,12 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     if args.protocol != "trunk":
         store = ensure_store(seed_dir / "regions", model_dirs["text"], world, teacher, args, timings)
     for mode in ("image", "vild", "ensemble"):
-        model_dirs[mode] = train_row(seed_dir / mode, mode, store=store, **common, **rows_from)
-    if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
-        rows_from = dict(rows_from, init_from=shared["trunk_all"])
-    model_dirs["supervised"] = train_row(seed_dir / "supervised", "text", supervised=True, **common, **rows_from)
+        if mode in args.rows:
+            model_dirs[mode] = train_row(seed_dir / mode, mode, store=store, **common, **rows_from)
+    if "supervised" in args.rows:
+        if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
+            rows_from = dict(rows_from, init_from=shared["trunk_all"])
+        model_dirs["supervised"] = train_row(seed_dir / "supervised", "text", supervised=True, **common, **rows_from)
 
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
         result = evaluate_detector(
@@ -194,6 +201,8 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
 
     rows = {}
     for label, key in ROWS:
+        if key not in args.rows:
+            continue
         log(f"seed {seed}: evaluating {label}")
         started = time.perf_counter()
         if key in ("clip", "text+clip"):
@@ -205,6 +214,8 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
         timings[f"eval_{key}_s"] = time.perf_counter() - started
     recall = {}
     for label, key in (("base", "text"), ("base+novel", "supervised")):
+        if key not in model_dirs:
+            continue
         recall[label] = evaluate_rpn_recall(
             load_model(model_dirs[key]), paths["val_images"], paths["val"], category_ids=novel_ids,
             progress=args.progress, max_images=args.val_images,
@@ -221,6 +232,8 @@ def aggregate(per_seed: list[dict]) -> dict:
 
     rows = {}
     for label, _ in ROWS:
+        if label not in per_seed[0]["rows"]:
+            continue
         keys = per_seed[0]["rows"][label].keys()
         rows[label] = {k: stats([s["rows"][label][k] for s in per_seed]) for k in keys}
     recall = {
@@ -286,6 +299,12 @@ def main() -> int:
                         help="evaluate on the first N val images (0: all)")
     parser.add_argument("--crop-regions", type=int, default=100,
                         help="proposals classified by the teacher in the CLIP rows")
+    parser.add_argument("--row-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model or training settings of every row (not the trunks), as "
+                        "`vild train --set`: e.g. distill_weight=1 clip_grad_norm=none")
+    parser.add_argument("--rows", nargs="*", default=[key for _, key in ROWS], choices=[key for _, key in ROWS],
+                        help="rows to train and evaluate (default: all; without 'supervised' the "
+                        "base+novel trunk is not trained). 'text' is always trained: the CLIP rows use it")
     parser.add_argument("--quick", action="store_true", help="tiny world and schedules (plumbing only)")
     parser.add_argument("--fresh", action="store_true", help="retrain rows even if their models exist")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -293,6 +312,7 @@ def main() -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    args.row_overrides = parse_overrides(args.row_set)
     if args.quick:  # plumbing only: the preset's few steps, a few val images
         args.trunk_steps = args.row_steps = 0
     args.trunk_steps = args.trunk_steps or None
@@ -321,9 +341,10 @@ def main() -> int:
                                     timings=shared_timings)
         # Its twin trained on base+novel labels (RFS) starts the supervised baseline and gives
         # the base+novel RPN of the proposal-recall table.
-        shared["trunk_all"] = train_row(args.work / "trunk-all", "text", seed=1000, args=args,
-                                        world=args.world, vocab=vocab, text=prototypes,
-                                        supervised=True, steps=args.trunk_steps, timings=shared_timings)
+        if "supervised" in args.rows:
+            shared["trunk_all"] = train_row(args.work / "trunk-all", "text", seed=1000, args=args,
+                                            world=args.world, vocab=vocab, text=prototypes,
+                                            supervised=True, steps=args.trunk_steps, timings=shared_timings)
     ensure_teacher(args.teacher, args.world, args.quick, args.progress)
 
     from vild.teacher import Teacher
@@ -358,6 +379,7 @@ def main() -> int:
         "trunk_steps": args.trunk_steps,
         "row_steps": args.row_steps,
         "rfs_threshold": args.rfs_threshold,
+        "row_set": args.row_set,
         "shared_timings_s": shared_timings,
         "world": json.loads((args.world / "world.json").read_text())["sizes"],
     }
