@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from vild.errors import VildError, VocabularyError
-from vild.inference.images import load_image
+from vild.data.images import load_image
 from vild.inference.methods import (
     CROP_METHODS,
     DESCRIPTIONS,

@@ -40,7 +40,7 @@ def _font(size: int):
 
 
 def _to_uint8(image) -> np.ndarray:
-    from vild.inference.images import load_image
+    from vild.data.images import load_image
 
     t = load_image(image)
     return (t.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()).copy()
