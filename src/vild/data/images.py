@@ -317,7 +317,8 @@ def expand_inputs(items) -> list[tuple[str, Path]]:
         if path.is_dir():
             found = sorted(
                 p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                if (p.is_file() or p.is_symlink()) and not p.is_dir()  # broken links: reported, not skipped
+                and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
             )
             if not found:
                 out.append((str(path), path))
