@@ -526,7 +526,7 @@ class Detector:
 def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size, image_size, names):
     """Selected regions in the network's input -> `Detections` in original image pixels
     (boxes resized, masks pasted at image size, padding cropped away)."""
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_mask_in_image
     from torchvision.models.detection.transform import resize_boxes
 
     from vild.model.outputs import Detections
@@ -534,10 +534,14 @@ def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size,
     boxes = resize_boxes(boxes, list(input_size), list(padded_size))
     pasted = None
     if masks is not None:
+        # torchvision's paste_masks_in_image, into one preallocated tensor: its list + stack
+        # holds every mask twice, and at image size a mask is 4 x H x W bytes
+        pasted = boxes.new_zeros(boxes.shape[0], *padded_size)
         if boxes.shape[0]:
-            pasted = paste_masks_in_image(masks[:, None].float(), boxes, tuple(padded_size))[:, 0]
-        else:
-            pasted = boxes.new_zeros(0, *padded_size)
+            grown, scale = expand_masks(masks[:, None].float(), padding=1)
+            grown_boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
+            for k in range(boxes.shape[0]):
+                pasted[k] = paste_mask_in_image(grown[k, 0], grown_boxes[k], *padded_size)
     h, w = image_size
     if tuple(padded_size) != (h, w):  # padded thin image: crop back, drop boxes in the padding
         boxes = boxes.clone()

@@ -45,7 +45,7 @@ class ServiceConfig:
     max_pending: int = 16
     cache_size: int = 32
     cache_bytes: int = 1024 * MiB
-    max_mask_bytes: int = 512 * MiB
+    max_mask_bytes: int = 128 * MiB
     decode_workers: int = 2
 
     def __post_init__(self) -> None:
