@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vild.errors import NameTooLongError, VildError, VocabularyError, shorten
+from vild.errors import NameTooLongError, VildError, VocabularyError
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
 
@@ -74,4 +74,4 @@ def vild_error_answer(exc: VildError) -> tuple[int, str, str]:
     return 400, "bad_request", line
 
 
-__all__ = ["check_labels", "clean_names", "parse_json", "shorten", "vild_error_answer"]
+__all__ = ["check_labels", "clean_names", "parse_json", "vild_error_answer"]
