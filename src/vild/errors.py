@@ -11,3 +11,17 @@ class WeightsUnavailableError(VildError):
 
 class VocabularyError(VildError, ValueError):
     """A vocabulary that cannot be encoded (empty, duplicated, too long, ...)."""
+
+
+class NameTooLongError(VocabularyError):
+    """A category name whose prompts do not fit the text encoder's context."""
+
+
+def shorten(text: object, limit: int = 60) -> str:
+    """`repr` of a user's string for an error line, cut to about `limit` characters: a
+    10,000-character name must not make a 10,000-character message."""
+    s = repr(text)
+    if len(s) <= limit:
+        return s
+    size = f" ({len(text):,} characters)" if isinstance(text, str) else ""
+    return s[: limit - 3] + "..." + size

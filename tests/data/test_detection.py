@@ -91,10 +91,11 @@ def test_items_shapes_labels_and_masks(tmp_path):
     ys, xs = torch.nonzero(poly_mask, as_tuple=True)
     assert 39 <= int(xs.min()) <= 41 and 53 <= int(xs.max()) <= 55
 
-    # RGBA image: alpha dropped, values match the RGB channels
+    # RGBA image: composited on white, as `vild detect` and `vild serve` decode it
     image5, target5 = ds[2]
-    rgb = np.asarray(Image.open(images_dir / "c.png").convert("RGB"), dtype=np.float32) / 255
-    torch.testing.assert_close(image5, torch.from_numpy(rgb).permute(2, 0, 1))
+    rgba = np.asarray(Image.open(images_dir / "c.png"), dtype=np.float32) / 255
+    on_white = rgba[..., :3] * rgba[..., 3:] + (1 - rgba[..., 3:])
+    torch.testing.assert_close(image5, torch.from_numpy(on_white).permute(2, 0, 1), atol=1 / 255, rtol=0)
     assert torch.equal(target5["masks"][0], torch.from_numpy(masks["m3"]))
     assert target5["labels"].tolist() == [2]
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.inference.conftest import scene
-from tests.inference.test_images import huge_png_header
+from tests.data.test_images import huge_png_header
 from vild.cli import main
 
 
@@ -114,8 +114,17 @@ def test_all_good_exit_zero_named_vocabulary_and_attributes(model_dir, tmp_path,
     (["--vocabulary", "lvis"], "lvis:FILE"),
     (["--method", "vild"], "not available"),
     (["--threshold", "2"], "--threshold must be in 0..1"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--max-pixels", "0"], "--max-pixels must be at least 1"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "cuda:99"], "cuda:99"),
+    (["--max-mask-mb", "0"], "--max-mask-mb must be positive"),
+    (["--vocab", "a,b,c", "--attributes", ",".join(f"w{i}" for i in range(8))], "24 labels; the limit is 20"),
 ])
-def test_fatal_errors_are_one_line(model_dir, tmp_path, capsys, args, words):
+def test_fatal_errors_are_one_line(model_dir, tmp_path, capsys, monkeypatch, args, words):
+    from vild.inference.detector import Detector
+
+    monkeypatch.setattr(Detector, "max_labels", 20)
     Image.fromarray(scene()).save(tmp_path / "a.png")
     code, _, stderr = run(capsys, tmp_path / "a.png", "--model", model_dir, "--out", tmp_path / "o", *args)
     assert code == 1
@@ -154,3 +163,37 @@ def test_bundled_model_runs_on_its_examples(model_dir, tmp_path, capsys, monkeyp
     code, stdout, _ = run(capsys, "--list-models")
     assert code == 0
     assert "shapeworld-vild-ensemble" in stdout and "vild-r50-vitb32" in stdout and "vild-r152-vitb32" in stdout
+
+
+def test_bad_out_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from vild.inference.detector import Detector
+
+    def never(*a, **k):
+        raise AssertionError("the model must not load when --out is unusable")
+
+    monkeypatch.setattr(Detector, "from_pretrained", never)
+    Image.fromarray(scene()).save(tmp_path / "a.png")
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "file", "exists and is not a folder"),
+                       (tmp_path / "file" / "sub", "cannot create the folder")):
+        code, _, stderr = run(capsys, tmp_path / "a.png", "--out", out)
+        lines = stderr.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and words in lines[0], stderr
+
+
+def test_masks_are_bounded_by_max_mask_mb(model_dir, tmp_path, capsys):
+    """At threshold 0 a big image would keep 100 full-size masks; --max-mask-mb caps them."""
+    Image.fromarray(scene(400, 500, 3)).save(tmp_path / "big.png")
+    code, _, _ = run(capsys, tmp_path / "big.png", "--model", model_dir, "--threshold", 0, "--no-draw",
+                     "--max-mask-mb", 4, "--out", tmp_path / "o")
+    assert code == 0
+    per_mask = 400 * 500 * 4
+    kept = json.loads((tmp_path / "o" / "run.json").read_text())["images"][0]["detections"]
+    assert kept == (4 * 2**20) // per_mask == 5  # 5 masks of 0.8 MB fit in 4 MiB (100 without the cap)
+
+
+def test_symlink_loop_is_named_as_such(model_dir, tmp_path, capsys):
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    code, _, stderr = run(capsys, tmp_path / "a.png", "--model", model_dir, "--out", tmp_path / "o")
+    assert code == 1 and "loop of symbolic links" in stderr and "not found" not in stderr

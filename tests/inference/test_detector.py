@@ -220,6 +220,44 @@ def test_vocabulary_errors(detector):
         detector.detect(img, ["star"], attributes=[])
     with pytest.raises(VildError, match="unknown vocabulary"):
         detector.detect(img, "no-such-vocabulary")
+    for bad in (123, 4.5, object(), b"star"):
+        with pytest.raises(VocabularyError, match="must be a list of names"):
+            detector.detect(img, vocabulary=bad)
+    with pytest.raises(VocabularyError, match="attributes must be a list"):
+        detector.detect(img, ["star"], attributes=7)
+    assert len(detector.detect(img, vocabulary=("star", "ring"))) == 1  # any collection of names
+
+
+def test_labels_are_bounded(detector, monkeypatch):
+    monkeypatch.setattr(detector, "max_labels", 6)
+    img = scene()
+    with pytest.raises(VocabularyError, match="2 names x 4 attributes = 8 labels; the limit is 6"):
+        detector.detect(img, ["star", "ring"], attributes=["red", "blue", "green", "cyan"])
+    with pytest.raises(VocabularyError, match="8 labels"):
+        detector.query(detector.embed(img), ["star", "ring"], attributes=["red", "blue", "green", "cyan"])
+    d = detector.detect(img, ["star", "ring"], attributes=["red", "blue", "green"], threshold=0.0)[0]
+    assert len(d.class_names) == 6
+
+
+def test_masks_are_bounded_by_max_mask_bytes(detector, monkeypatch, caplog):
+    img = scene(120, 160)
+    full = detector.detect(img, threshold=0.0, max_detections=50)[0]
+    assert len(full) > 3
+    monkeypatch.setattr(detector, "max_mask_bytes", 3 * 120 * 160 * 4)
+    with caplog.at_level("WARNING", logger="vild.inference"):
+        capped = detector.detect(img, threshold=0.0, max_detections=50)[0]
+    assert len(capped) == 3 and "lowered from 50 to 3" in caplog.text
+    assert torch.equal(capped.labels, full.labels[:3]) and torch.allclose(capped.scores, full.scores[:3])
+    q = detector.query(detector.embed(img), threshold=0.0, max_detections=50)
+    assert len(q) == 3
+
+
+def test_bad_devices_are_one_line(model_dir):
+    with pytest.raises(VildError, match="unknown device 'bogus'"):
+        Detector.from_pretrained(str(model_dir), device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(VildError, match="no CUDA GPU"):
+            Detector.from_pretrained(str(model_dir), device="cuda")
 
 
 def test_named_and_comma_vocabularies(detector):

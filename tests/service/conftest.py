@@ -25,12 +25,9 @@ def write_tiny_model(root):
 
 @pytest.fixture(scope="session")
 def real_detector(tmp_path_factory):
-    """`vild.inference.Detector` on a tiny random model (skips while vild.inference has no
-    Detector)."""
-    try:
-        from vild.inference import Detector
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"vild.inference.Detector is not available yet ({e})")
+    """`vild.inference.Detector` on a tiny random model."""
+    from vild.inference import Detector
+
     cache = str(tmp_path_factory.getbasetemp() / "vild-cache")
     old = os.environ.get("VILD_CACHE_DIR")
     os.environ["VILD_CACHE_DIR"] = cache

@@ -213,6 +213,18 @@ def test_bad_inputs(tiny_teacher, cache_dir):
     assert not _shards(cache_dir)  # nothing was cached by failed builds
 
 
+def test_errors_about_huge_names_stay_short(tiny_teacher, cache_dir):
+    from vild.errors import NameTooLongError
+
+    huge = "x" * 10_000
+    with pytest.raises(NameTooLongError) as e:
+        build_text_classifier(tiny_teacher, [huge], cache_dir=cache_dir)
+    assert len(str(e.value)) < 300 and "10,000 characters" in str(e.value)
+    with pytest.raises(VocabularyError) as e:
+        build_text_classifier(tiny_teacher, [huge, huge.upper()], cache_dir=cache_dir)
+    assert "duplicate" in str(e.value) and len(str(e.value)) < 300
+
+
 def test_non_ascii_names_encode(tiny_teacher, cache_dir):
     vocab = ["café", "东京塔", "Ölkanne", "🍎", "naïve_bayes"]
     clf = build_text_classifier(tiny_teacher, vocab, cache_dir=cache_dir)

@@ -111,10 +111,6 @@ def test_cli_errors_are_one_line(tmp_path, fake_load, capsys):
 
 def test_cli_with_a_teacher_folder(tmp_path, models):
     """End to end through the real Teacher.load on an open_clip local-dir folder."""
-    from vild.teacher.teacher import Teacher
-
-    if not hasattr(Teacher, "load"):
-        pytest.skip("vild.teacher.Teacher.load does not exist yet (teacher package in progress)")
     from safetensors.torch import save_file
 
     model = models.tiny_clip(seed=3)

@@ -166,9 +166,12 @@ def test_trimmed_training_encoder_matches_encode_text_with_gradients(tokenizer, 
         ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         out = encode_text_trimmed(model, tokens)
-        assert float((out - ref).detach().abs().max()) <= 1e-5
+        # fp32 sums in another order differ by a few ulps of the largest term: tolerances are
+        # relative to each tensor's magnitude (1e-5 ~ 80 ulps), never absolute.
+        assert float((out - ref).detach().abs().max()) <= 1e-5 * max(1.0, float(ref.detach().abs().max()))
         out.pow(2).sum().backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
         assert grads.keys() == ref_grads.keys()
         for n, g in grads.items():
-            assert torch.allclose(g, ref_grads[n], atol=1e-5), n
+            scale = max(1.0, float(ref_grads[n].abs().max()))
+            assert float((g - ref_grads[n]).abs().max()) <= 1e-5 * scale, n

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vild.data.images import load_image
 from vild.errors import VildError
 from vild.io import load_json
 
@@ -38,49 +39,8 @@ __all__ = [
 Target = dict[str, Any]
 
 
-# ----------------------------------------------------------------------------- images
-
-
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Image file -> FloatTensor [3, H, W], RGB in 0..1 (EXIF orientation applied).
-
-    Handles grayscale, palette, RGBA/LA (alpha dropped), CMYK and 16-bit images.
-    Raises `VildError` naming the file when it is missing or cannot be decoded.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise VildError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img.load()
-            array = _pil_to_float_array(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise VildError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-def _pil_to_float_array(img) -> np.ndarray:
-    """PIL image of any mode -> float32 array [H, W, 3] in 0..1."""
-    mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit (or 32-bit int) grayscale: PNG/TIFF 16-bit grayscale opens as one of these.
-        a = np.asarray(img).astype(np.float32)
-        a = np.clip(a / 65535.0, 0.0, 1.0)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if mode == "F":
-        a = np.asarray(img).astype(np.float32)
-        if a.size and a.max() > 1.0:
-            a = a / 255.0
-        a = np.clip(a, 0.0, 1.0)
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.float32) / 255.0
+# images: decoded by `vild.data.images.load_image`, the decoder `vild detect` and `vild serve`
+# use too (alpha on white, 16-bit / 65535).
 
 
 # ----------------------------------------------------------------------------- masks

@@ -24,7 +24,7 @@ _WHERE = {
     "Detector": "detector",
     "ImageRegions": "detector",
     "Vocabulary": "detector",
-    "load_image": "images",
+    "load_image": "vild.data.images",
     "draw_detections": "draw",
     "list_models": "registry",
     "resolve_vocabulary": "vocabularies",
@@ -33,7 +33,7 @@ _WHERE = {
 if TYPE_CHECKING:  # pragma: no cover
     from vild.inference.detector import Detector, ImageRegions, Vocabulary
     from vild.inference.draw import draw_detections
-    from vild.inference.images import load_image
+    from vild.data.images import load_image
     from vild.inference.registry import list_models
     from vild.inference.vocabularies import resolve_vocabulary
 
@@ -42,6 +42,7 @@ def __getattr__(name: str):
     if name in _WHERE:
         import importlib
 
-        module = importlib.import_module(f"vild.inference.{_WHERE[name]}")
+        where = _WHERE[name]
+        module = importlib.import_module(where if "." in where else f"vild.inference.{where}")
         return getattr(module, name)
     raise AttributeError(f"module 'vild.inference' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 DEFAULT_OUT = "detections"
 
@@ -54,6 +55,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared machine)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default 64,000,000 or $VILD_MAX_PIXELS)")
+    p.add_argument("--max-mask-mb", type=float, default=None,
+                   help="masks come at image size: fewer detections are kept on an image whose masks "
+                        "would take more than this (MiB; default 512)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list-models", action="store_true", help="list the registered models and exit")
     p.set_defaults(func=run)
@@ -90,6 +94,21 @@ def _read_vocabulary(args):
     return None, None
 
 
+def _prepare_out(out):
+    """The output folder, created now; one clear line when it cannot be."""
+    from vild.errors import VildError
+
+    if out.exists() and not out.is_dir():
+        raise VildError(f"--out {out}: exists and is not a folder (give a folder for the results)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VildError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK):
+        raise VildError(f"--out {out}: the folder is not writable")
+    return out
+
+
 def _unique_name(stem: str, used: set[str]) -> str:
     name, k = f"{stem}.png", 2
     while name in used:
@@ -113,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from vild.errors import VildError
     from vild.inference.detector import Detector
     from vild.inference.draw import save_annotated
-    from vild.inference.images import expand_inputs, load_image
+    from vild.data.images import expand_inputs, load_image
     from vild.inference.methods import CROP_METHODS
     from vild.inference.convert import detections_to_coco
     from vild.io import atomic_write_text, save_json
@@ -127,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         raise VildError("--max-detections must be >= 0")
     if args.batch_size < 1:
         raise VildError("--batch-size must be >= 1")
+    if args.max_mask_mb is not None and not args.max_mask_mb > 0:
+        raise VildError(f"--max-mask-mb must be positive, got {args.max_mask_mb}")
+    out = _prepare_out(Path(args.out))  # before the model loads: a bad --out fails in a second
     entries, category_ids = _read_vocabulary(args)
     attributes = None
     if args.attributes is not None:
@@ -149,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
     vocab = det.encode_vocabulary(entries)
     if category_ids is None and entries is None:
         category_ids = det.default_category_ids
+    if attributes is not None:
+        det.check_labels(len(vocab.names), len(attributes))
+    if args.max_mask_mb is not None:
+        det.max_mask_bytes = int(args.max_mask_mb * 2**20)
     attrs = det.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
     if attrs is not None:
         class_names = [f"{a} {v}" for v in vocab.names for a in attrs.names]
@@ -161,8 +187,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --method {method} runs the teacher on 2 crops of up to {det.num_crop_regions} "
               "regions per image: expect it to be much slower than the ViLD heads", file=sys.stderr)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     debug = bool(os.environ.get("VILD_DEBUG"))
     from tqdm.auto import tqdm
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from vild.errors import VildError, VocabularyError
-from vild.inference.images import load_image
+from vild.data.images import load_image
 from vild.inference.methods import (
     CROP_METHODS,
     DESCRIPTIONS,
@@ -91,6 +91,13 @@ class Detector:
     (text encoding is serialised; the network runs without gradients).
     """
 
+    #: Masks come back at image size (N x H x W float32): detections per image are capped so
+    #: that one image's masks fit in this many bytes (a warning says when). 512 MiB is 8
+    #: masks of a 16-megapixel image, 100 of a 1.3-megapixel one.
+    max_mask_bytes: int = 512 * 2**20
+    #: Names x attributes in one call: every pair is a label scored for every region.
+    max_labels: int = 20_000
+
     def __init__(
         self,
         model,
@@ -149,10 +156,12 @@ class Detector:
         scoring method (default: the model's own). Raises `VildError` (one line) when anything
         is missing or does not match.
         """
+        from vild.device import check_device
         from vild.inference import registry
         from vild.inference.vocabularies import resolve_vocabulary
         from vild.teacher import Teacher
 
+        device = check_device(device)
         resolved = registry.resolve(name_or_path, weights=weights, teacher=teacher)
         model = load_model_folder(resolved.folder, device=device, expected=resolved.expected)
         vocab, embeddings = load_vocabulary_folder(resolved.folder, model.config.embed_dim)
@@ -259,8 +268,12 @@ class Detector:
             return vocabulary
         elif isinstance(vocabulary, str):
             entries, ids = _vocabulary_from_string(vocabulary)
-        else:
+        elif _is_collection(vocabulary):
             entries = list(vocabulary)
+        else:
+            raise VocabularyError(
+                f"{what} must be a list of names (or synonym lists), a named vocabulary or "
+                f"'a,b,c', got {type(vocabulary).__name__}")
         try:
             names, groups = normalize_vocabulary(entries)
         except VocabularyError as e:
@@ -317,6 +330,8 @@ class Detector:
             log.info("method %s runs the teacher on 2 crops of up to %d regions per image: slow",
                      method, self.num_crop_regions)
         vocab = self.encode_vocabulary(vocabulary)
+        if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
+            self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
         out = []
         for start in range(0, len(items), batch_size):  # images are decoded batch by batch
@@ -347,7 +362,8 @@ class Detector:
                 batch.regions[i] = r
                 crops = self.teacher.encode_regions(image, batch.boxes_in_original(i)).to(self.device)
             probs, names = self._probabilities(method, r.embeddings, r.image_embeddings, crops, vocab, attrs)
-            picks.append(self._select(r.boxes, probs, threshold, max_det) + (names,))
+            limit = self._mask_limit(max_det, batch.original_sizes[i])
+            picks.append(self._select(r.boxes, probs, threshold, limit) + (names,))
         masks = [None] * len(picks)
         if self.model.config.with_masks:
             masks = [m[:, 0] for m in self.model.roi_heads.predict_masks(
@@ -424,9 +440,13 @@ class Detector:
                 f"with embed(image, method={method!r})")
         _check_post(threshold, max_detections)
         vocab = self.encode_vocabulary(vocabulary)
+        if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
+            self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
         probs, names = self._probabilities(method, regions.embeddings, regions.image_embeddings,
                                            regions.crop_embeddings, vocab, attrs)
+        if regions.masks is not None:
+            max_detections = self._mask_limit(max_detections, regions.padded_size)
         boxes, scores, labels, index = self._select(regions.input_boxes, probs, threshold, max_detections)
         masks = regions.masks[index] if regions.masks is not None else None
         return _finish(
@@ -436,7 +456,29 @@ class Detector:
         )
 
     # ------------------------------------------------------------------ internals
+    def check_labels(self, names: int, attributes: int | None) -> None:
+        """Raise `VocabularyError` when names x attributes exceeds `max_labels`."""
+        if attributes is not None and names * attributes > self.max_labels:
+            raise VocabularyError(
+                f"{names} names x {attributes} attributes = {names * attributes:,} labels; the limit is "
+                f"{self.max_labels:,} (Detector.max_labels)")
+
+    def _mask_limit(self, max_det: int, size) -> int:
+        """`max_det`, lowered so that the masks of one image (at its padded size) fit in
+        `max_mask_bytes`."""
+        if not self.model.config.with_masks:
+            return max_det
+        h, w = int(size[0]), int(size[1])
+        fit = max(1, int(self.max_mask_bytes) // (4 * h * w))
+        if max_det <= fit:
+            return max_det
+        log.warning("max_detections lowered from %d to %d for a %dx%d image: its masks take %.1f MiB "
+                    "each and max_mask_bytes is %.0f MiB", max_det, fit, w, h, 4 * h * w / 2**20,
+                    self.max_mask_bytes / 2**20)
+        return fit
+
     def _probabilities(self, method, emb, img_emb, crops, vocab: Vocabulary, attrs: Vocabulary | None):
+        self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
         cfg = self.model.config
         scale = teacher_logit_scale(self.teacher) if crops is not None else 100.0
         common = dict(clip_scale=scale)
@@ -484,7 +526,7 @@ class Detector:
 def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size, image_size, names):
     """Selected regions in the network's input -> `Detections` in original image pixels
     (boxes resized, masks pasted at image size, padding cropped away)."""
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_mask_in_image
     from torchvision.models.detection.transform import resize_boxes
 
     from vild.model.outputs import Detections
@@ -492,10 +534,14 @@ def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size,
     boxes = resize_boxes(boxes, list(input_size), list(padded_size))
     pasted = None
     if masks is not None:
+        # torchvision's paste_masks_in_image, into one preallocated tensor: its list + stack
+        # holds every mask twice, and at image size a mask is 4 x H x W bytes
+        pasted = boxes.new_zeros(boxes.shape[0], *padded_size)
         if boxes.shape[0]:
-            pasted = paste_masks_in_image(masks[:, None].float(), boxes, tuple(padded_size))[:, 0]
-        else:
-            pasted = boxes.new_zeros(0, *padded_size)
+            grown, scale = expand_masks(masks[:, None].float(), padding=1)
+            grown_boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
+            for k in range(boxes.shape[0]):
+                pasted[k] = paste_mask_in_image(grown[k, 0], grown_boxes[k], *padded_size)
     h, w = image_size
     if tuple(padded_size) != (h, w):  # padded thin image: crop back, drop boxes in the padding
         boxes = boxes.clone()
@@ -539,6 +585,16 @@ def _as_list(images) -> list:
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+def _is_collection(x) -> bool:
+    if isinstance(x, (str, bytes, bytearray, dict, torch.Tensor)):
+        return False
+    try:
+        iter(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _vocabulary_from_string(text: str):

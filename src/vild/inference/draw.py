@@ -30,7 +30,18 @@ def _luma(rgb) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
-def _font(size: int):
+# GNU Unifont (Debian's `fonts-unifont`, which `make test` installs): a glyph for every
+# character of Unicode's basic plane (Cyrillic, CJK, ...) and, in its "upper" file, the
+# emoji and other astral characters. Pillow's own font has Latin only: other scripts came
+# out as empty boxes. $VILD_FONT names another font file to use instead.
+UNICODE_FONTS = ("/usr/share/fonts/opentype/unifont/unifont.otf",
+                 "/usr/share/fonts/truetype/unifont/unifont.ttf")
+UPPER_FONTS = ("/usr/share/fonts/opentype/unifont/unifont_upper.otf",
+               "/usr/share/fonts/truetype/unifont/unifont_upper.ttf")
+_warned_no_font = False
+
+
+def _default_font(size: int):
     from PIL import ImageFont
 
     try:
@@ -39,8 +50,82 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _first_font(paths, size: int):
+    import os
+
+    from PIL import ImageFont
+
+    for path in paths:
+        if path and os.path.isfile(path):
+            try:
+                return ImageFont.truetype(path, size)
+            except OSError:
+                continue
+    return None
+
+
+def _fonts_for(text: str, size: int):
+    """-> (font for the basic plane, font for astral characters): Pillow's default for Latin
+    text; a Unicode font for anything else, else Pillow's default (a warning, once)."""
+    import os
+
+    global _warned_no_font
+    if all(ord(c) < 0x250 for c in text):  # Latin: Pillow's own font covers it
+        font = _default_font(size)
+        return font, font
+    own = os.environ.get("VILD_FONT")
+    base = _first_font((own, *UNICODE_FONTS), size)
+    if base is None:
+        if not _warned_no_font:
+            import logging
+
+            logging.getLogger("vild.inference").warning(
+                "labels in non-Latin scripts are drawn with Pillow's font, which lacks their "
+                "glyphs: install a Unicode font (apt-get install fonts-unifont) or set VILD_FONT")
+            _warned_no_font = True
+        font = _default_font(size)
+        return font, font
+    upper = _first_font((own, *UPPER_FONTS), size) or base
+    return base, upper
+
+
+def _runs(text: str):
+    """Text -> [(run, astral)] of consecutive characters inside / beyond the basic plane."""
+    runs: list[tuple[str, bool]] = []
+    for c in text:
+        astral = ord(c) > 0xFFFF
+        if runs and runs[-1][1] == astral:
+            runs[-1] = (runs[-1][0] + c, astral)
+        else:
+            runs.append((c, astral))
+    return runs
+
+
+def _text_box(draw, text: str, size: int):
+    """(left, top, width, height) of `text` drawn by `_draw_text`."""
+    base, upper = _fonts_for(text, size)
+    left = top = None
+    width, bottom = 0, 0
+    for run, astral in _runs(text):
+        l, t, r, b = draw.textbbox((width, 0), run, font=upper if astral else base)
+        left = l if left is None else min(left, l)
+        top = t if top is None else min(top, t)
+        width, bottom = r, max(bottom, b)
+    left, top = left or 0, top or 0
+    return left, top, width - left, bottom - top
+
+
+def _draw_text(draw, xy, text: str, size: int, fill) -> None:
+    base, upper = _fonts_for(text, size)
+    x, y = xy
+    for run, astral in _runs(text):
+        font = upper if astral else base
+        draw.text((x, y), run, font=font, fill=fill)
+        x = draw.textbbox((x, y), run, font=font)[2]
+
+
 def _to_uint8(image) -> np.ndarray:
-    from vild.inference.images import load_image
+    from vild.data.images import load_image
 
     t = load_image(image)
     return (t.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()).copy()
@@ -101,7 +186,6 @@ def draw_detections(
     cw, ch = out.size
     line = max(2, round(min(cw, ch) / 256))
     font_size = max(11, round(max(cw, ch) / 40))
-    font = _font(font_size)
     boxes = (detections.boxes.detach().cpu().float() * scale).tolist()
     for k in order:  # boxes first, then every label above every box
         x0, y0, x1, y1 = boxes[k]
@@ -113,8 +197,7 @@ def draw_detections(
         x0, y0, x1, y1 = boxes[k]
         colour = color_for(label_text[k])
         text = f"{label_text[k]} {scores[k]:.2f}" if show_scores else label_text[k]
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
+        left, top, tw, th = _text_box(draw, text, font_size)
         pad = max(2, font_size // 6)
         bw, bh = tw + 2 * pad, th + 2 * pad
         tx = min(max(0.0, x0), max(0.0, cw - bw))
@@ -122,7 +205,7 @@ def draw_detections(
         ty = max(0.0, ty)
         draw.rectangle([tx, ty, tx + bw, ty + bh], fill=colour, outline=(0, 0, 0), width=1)
         ink = (0, 0, 0) if _luma(colour) > 140 else (255, 255, 255)
-        draw.text((tx + pad - left, ty + pad - top), text, font=font, fill=ink)
+        _draw_text(draw, (tx + pad - left, ty + pad - top), text, font_size, fill=ink)
     return out
 
 

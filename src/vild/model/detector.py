@@ -65,7 +65,7 @@ class ViLDDetector(nn.Module):
     def __init__(self, config: ViLDConfig) -> None:
         super().__init__()
         self.config = config
-        self.transform = GeneralizedRCNNTransform(
+        self.transform = _Transform(
             config.min_size, config.max_size, list(config.image_mean), list(config.image_std)
         )
         self.backbone = build_backbone(config)
@@ -246,3 +246,19 @@ class ViLDDetector(nn.Module):
 
 def build_detector(config: ViLDConfig) -> ViLDDetector:
     return ViLDDetector(config)
+
+
+class _Transform(GeneralizedRCNNTransform):
+    """torchvision's transform, normalising after resizing instead of before: the same values
+    (bilinear weights sum to 1, so resizing commutes with the per-channel affine map, up to
+    float rounding), without two full-size float copies of an image that comes in at full
+    size (a 16-megapixel image is 200 MB of floats; the network sees 1024 px at most)."""
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"images must be float tensors in 0..1, got {image.dtype}")
+        return image  # normalised in resize(), once small
+
+    def resize(self, image, target=None):
+        image, target = super().resize(image, target)
+        return super().normalize(image), target

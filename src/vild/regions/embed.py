@@ -82,7 +82,7 @@ class _ImageSource(torch.utils.data.Dataset):
         else:
             image = self.items[index][1]
             if isinstance(image, (str, os.PathLike)):
-                from vild.data.detection import load_image
+                from vild.data.images import load_image
 
                 image = load_image(image)
         if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:

@@ -33,6 +33,7 @@ from vild.service.cache import RegionCache
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
 from vild.service.images import decode_base64, decode_image
+from vild.service.limits import check_labels, clean_names, parse_json, vild_error_answer
 from vild.service.runner import FAST, ModelRunner
 from vild.service.serialize import detections_json
 
@@ -122,36 +123,6 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _names(value: Any, what: str, config: ServiceConfig) -> list[str] | None:
-    """A list or comma-separated string of names -> cleaned, de-duplicated list (or None)."""
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names: list[str] = []
-    seen: set[str] = set()
-    for item in items:
-        if not isinstance(item, str):
-            raise ServiceError(422, "bad_vocabulary", f"{what} must be strings")
-        name = " ".join(item.split())  # trims and folds whitespace, newlines included
-        if not name:
-            continue
-        if len(name) > config.max_name_length:
-            raise ServiceError(
-                422, "name_too_long",
-                f"a name in {what} has {len(name)} characters; the limit is {config.max_name_length}",
-            )
-        if name not in seen:
-            seen.add(name)
-            names.append(name)
-        if len(names) > config.max_vocabulary:
-            raise ServiceError(
-                422, "vocabulary_too_long", f"{what} has more than {config.max_vocabulary} names"
-            )
-    if not names:
-        raise ServiceError(422, "bad_vocabulary", f"{what} has no names")
-    return names
-
-
 def _validation_message(err: ValidationError | RequestValidationError) -> str:
     parts = []
     for e in err.errors()[:5]:
@@ -210,8 +181,8 @@ def create_app(
 
     @app.exception_handler(VildError)
     async def _vild_error(request: Request, exc: VildError):
-        line = (str(exc).strip().splitlines() or ["invalid request"])[0]
-        return JSONResponse({"error": "bad_request", "detail": line}, status_code=400)
+        status, code, line = vild_error_answer(exc)
+        return JSONResponse({"error": code, "detail": line}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -220,6 +191,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI's own body parsing
+            code, exc = "bad_json", StarletteHTTPException(400, "the body is not valid JSON (or is nested too deeply)")
         return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
@@ -263,10 +236,7 @@ def create_app(
             except ValidationError as e:
                 raise ServiceError(422, "invalid_request", _validation_message(e)) from None
         elif ctype == "application/json":
-            try:
-                payload = json.loads(await request.body())
-            except ValueError:
-                raise ServiceError(400, "bad_json", "the body is not valid JSON") from None
+            payload = parse_json(await request.body())
             if not isinstance(payload, dict):
                 raise ServiceError(422, "invalid_request", "the JSON body must be an object")
             try:
@@ -295,8 +265,10 @@ def create_app(
                 422, "too_many_detections",
                 f"max_detections is {limit}; the limit is {config.max_detections}",
             )
-        vocabulary = _names(body.vocabulary, "vocabulary", config)
-        return vocabulary, _names(body.attributes, "attributes", config), limit
+        vocabulary = clean_names(body.vocabulary, "vocabulary", config)
+        attributes = clean_names(body.attributes, "attributes", config)
+        check_labels(vocabulary, attributes, len(detector.default_vocabulary), config)
+        return vocabulary, attributes, limit
 
     def check_method(method: str | None) -> None:
         if method is not None and method not in methods:

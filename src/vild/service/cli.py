@@ -44,6 +44,8 @@ def register(subparsers) -> None:
                    help="largest image file accepted (MiB)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height accepted")
     p.add_argument("--max-vocabulary", type=int, default=d.max_vocabulary, help="most names in one vocabulary")
+    p.add_argument("--max-labels", type=int, default=d.max_labels,
+                   help="most labels (names x attributes) in one request")
     p.add_argument("--max-name-length", type=int, default=d.max_name_length, help="longest name (characters)")
     p.add_argument("--timeout", type=float, default=d.request_timeout_s, help="request time limit (seconds)")
     p.add_argument("--max-pending", type=int, default=d.max_pending, help="requests waiting for the model before 503")
@@ -76,7 +78,7 @@ def run(args) -> int:
     try:
         config = ServiceConfig(
             max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-            max_vocabulary=args.max_vocabulary, max_name_length=args.max_name_length,
+            max_vocabulary=args.max_vocabulary, max_labels=args.max_labels, max_name_length=args.max_name_length,
             request_timeout_s=args.timeout, max_pending=args.max_pending,
             cache_size=args.cache_size, cache_bytes=int(args.cache_mb * 2**20),
         )

@@ -17,7 +17,10 @@ class ServiceConfig:
     max_pixels:         width x height of an uploaded image, checked from its header before
                         any pixel is decoded.
     max_vocabulary:     names in one vocabulary (and, separately, attributes in one request).
-    max_name_length:    characters in one name or attribute.
+    max_labels:         names x attributes in one request (every pair is a label scored
+                        for every region: 2,000 x 2,000 would be 4 million).
+    max_name_length:    characters in one name or attribute (a name must also fit the text
+                        encoder's context, else 422 `name_too_long` too).
     max_detections:     the most detections one request may ask for.
     request_timeout_s:  a request that waits longer than this (for its body, for the model,
                         or in the model's queue) is answered 408; the model's work already
@@ -35,17 +38,18 @@ class ServiceConfig:
     max_upload_bytes: int = 10 * MiB
     max_pixels: int = 4096 * 4096
     max_vocabulary: int = 2000
+    max_labels: int = 20_000
     max_name_length: int = 100
     max_detections: int = 1000
     request_timeout_s: float = 60.0
     max_pending: int = 16
     cache_size: int = 32
     cache_bytes: int = 1024 * MiB
-    max_mask_bytes: int = 512 * MiB
+    max_mask_bytes: int = 128 * MiB
     decode_workers: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_vocabulary", "max_name_length",
+        for name in ("max_upload_bytes", "max_pixels", "max_vocabulary", "max_labels", "max_name_length",
                      "max_detections", "max_pending", "cache_size", "cache_bytes", "max_mask_bytes",
                      "decode_workers"):
             if getattr(self, name) < 1:

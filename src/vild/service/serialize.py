@@ -13,29 +13,31 @@ def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
     `{"size": [H, W], "counts": str}` (pycocotools' format, column-major)."""
     from pycocotools import mask as mask_utils
 
-    if masks.shape[0] == 0:
-        return []
-    binary = (masks.detach().float().cpu() >= threshold).numpy().astype(np.uint8)
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+    out = []
+    for mask in masks:  # one at a time: a uint8 copy of all of a big image's masks at once is GBs
+        binary = (mask.detach().float().cpu() >= threshold).numpy().astype(np.uint8)
+        r = mask_utils.encode(np.asfortranarray(binary[:, :, None]))[0]
+        out.append({"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")})
+    return out
 
 
-def encode_masks_shared(masks: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5) -> list[dict]:
-    """`encode_masks`, encoding each distinct mask once: ViLD's masks and boxes are
-    class-agnostic, so the detections of one region under several labels share a box and a
-    mask (checked, not assumed)."""
-    n = masks.shape[0]
-    if n == 0:
-        return []
+def encode_masks_shared(masks: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5,
+                        order: list[int] | None = None) -> list[dict]:
+    """`encode_masks` of masks[order] (all, in order, by default), encoding each distinct mask
+    once: ViLD's masks and boxes are class-agnostic, so the detections of one region under
+    several labels share a box and a mask (checked, not assumed). Never copies the masks."""
+    order = list(range(masks.shape[0])) if order is None else list(order)
     first: dict[tuple, int] = {}
-    source = list(range(n))
-    for i, box in enumerate(boxes.tolist()):
-        j = first.setdefault(tuple(box), i)
+    encoded: dict[int, dict] = {}
+    out = []
+    for i in order:
+        j = first.setdefault(tuple(boxes[i].tolist()), i)
         if j != i and torch.equal(masks[i], masks[j]):
-            source[i] = j
-    unique = sorted(set(source))
-    encoded = dict(zip(unique, encode_masks(masks[unique], threshold)))
-    return [encoded[source[i]] for i in range(n)]
+            i = j
+        if i not in encoded:
+            encoded[i] = encode_masks(masks[i:i + 1], threshold)[0]
+        out.append(encoded[i])
+    return out
 
 
 def detections_json(
@@ -53,7 +55,7 @@ def detections_json(
     labels = detections.labels.detach().cpu().long()
     order = torch.argsort(scores, descending=True, stable=True)
     masks = getattr(detections, "masks", None)
-    rles = encode_masks_shared(masks[order], boxes[order]) if (with_masks and masks is not None) else None
+    rles = encode_masks_shared(masks, boxes, order=order.tolist()) if (with_masks and masks is not None) else None
     h, w = detections.image_size
     out = []
     for rank, i in enumerate(order.tolist()):

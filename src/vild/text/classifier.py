@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vild.errors import VildError, VocabularyError
+from vild.errors import NameTooLongError, VildError, VocabularyError, shorten
 from vild.io import atomic_write_bytes
 from vild.text.prompts import (
     Entry,
@@ -253,9 +253,10 @@ def _encode_names(encoder, missing, templates, display, owner, cache, progress) 
         name = missing[i // n_t]
         count = encoder.token_count(prompts[i])
         size = f"{count} tokens" if count else "more tokens than fit"
-        raise VocabularyError(
-            f"category {display[owner[name]]!r}: name {name!r} is too long; its prompt "
-            f"{prompts[i]!r} has {size}, the text encoder's context is "
+        shown = display[owner[name]]
+        which = f"category {shorten(shown)}" if shown == name else f"category {shorten(shown)}: name {shorten(name)}"
+        raise NameTooLongError(
+            f"{which} is too long: its prompts have {size}, the text encoder's context is "
             f"{encoder.context_length} tokens"
         )
     bar = None

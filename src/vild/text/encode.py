@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vild.errors import VocabularyError
+from vild.errors import NameTooLongError, VocabularyError, shorten
 
 log = logging.getLogger("vild.text")
 
@@ -348,8 +348,8 @@ class TextEncoder:
             i = int(torch.nonzero(too_long)[0])
             n = self.token_count(prompts[i])
             size = f"{n} tokens" if n else "too many tokens"
-            raise VocabularyError(
-                f"prompt {prompts[i]!r} has {size}; the text encoder's context is "
+            raise NameTooLongError(
+                f"prompt {shorten(prompts[i])} has {size}; the text encoder's context is "
                 f"{self.context_length} tokens (shorten the name)"
             )
 

@@ -26,7 +26,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Sequence, Union
 
-from vild.errors import VocabularyError
+from vild.errors import VocabularyError, shorten
 
 #: The single-template mode: one of the 63 ViLD templates, so "single" prompts are a subset of
 #: the full set (with the prefix rule: "This is a photo of an apple.").
@@ -50,11 +50,11 @@ def vild_templates() -> tuple[str, ...]:
 def normalize_name(name: str) -> str:
     """A category name as it goes into a prompt: ``"Bow_(weapon)"`` -> ``"bow (weapon)"``."""
     if not isinstance(name, str):
-        raise VocabularyError(f"category names must be strings, got {type(name).__name__}: {name!r}")
+        raise VocabularyError(f"category names must be strings, got {type(name).__name__}: {shorten(name)}")
     out = unicodedata.normalize("NFC", name).lower().replace("_", " ").replace("/", " or ")
     out = " ".join(out.split()).rstrip(".").strip()
     if not out:
-        raise VocabularyError(f"category name {name!r} is empty after normalisation")
+        raise VocabularyError(f"category name {shorten(name)} is empty after normalisation")
     return out
 
 
@@ -158,7 +158,7 @@ def normalize_vocabulary(vocabulary: Sequence[Entry]) -> tuple[list[str], list[l
             group = list(entry)
         else:
             raise VocabularyError(
-                f"vocabulary entry {i} must be a name or a list of synonyms, got {entry!r}"
+                f"vocabulary entry {i} must be a name or a list of synonyms, got {shorten(entry)}"
             )
         if not group:
             raise VocabularyError(f"vocabulary entry {i} is an empty synonym list")
@@ -171,14 +171,14 @@ def normalize_vocabulary(vocabulary: Sequence[Entry]) -> tuple[list[str], list[l
         if first in seen_first:
             j = seen_first[first]
             raise VocabularyError(
-                f"duplicate category: entry {i} ({group[0]!r}) and entry {j} ({names[j]!r}) "
-                f"are both {first!r} after normalisation"
+                f"duplicate category: entry {i} ({shorten(group[0])}) and entry {j} ({shorten(names[j])}) "
+                "are the same name after normalisation"
             )
         key = frozenset(normed)
         if key in seen_sets:
             j = seen_sets[key]
             raise VocabularyError(
-                f"duplicate category: entries {j} ({names[j]!r}) and {i} ({group[0]!r}) "
+                f"duplicate category: entries {j} ({shorten(names[j])}) and {i} ({shorten(group[0])}) "
                 "have the same synonyms"
             )
         seen_first[first] = i

@@ -137,6 +137,7 @@
     const px = dpr / k;                      // one screen pixel, in image pixels
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, cw, ch);
+    canvas.dataset.empty = "false";
     ctx.setTransform(k, 0, 0, k, 0, 0);
     ctx.imageSmoothingEnabled = k < 1;
     ctx.drawImage(state.bitmap, 0, 0);
@@ -241,7 +242,12 @@
     const body = new FormData();
     body.append("image", state.file, state.file.name || "image");
     const resp = await fetch("/v1/images", { method: "POST", body });
-    if (!resp.ok) throw new Error(await apiError(resp));
+    if (!resp.ok) {
+      const err = new Error(await apiError(resp));
+      // the server refused this file (not a busy or slow server): it will refuse it again
+      err.badFile = resp.status >= 400 && resp.status < 500 && resp.status !== 408 && resp.status !== 429;
+      throw err;
+    }
     const out = await resp.json();
     state.imageId = out.id;
     return out;
@@ -280,8 +286,25 @@
       setStatus(`${result.detections.length} candidates over ${result.vocabulary.length} categories in ${Math.round(result.timing_ms.model)} ms (no new detector pass). Click one for its top categories.`);
       document.body.dataset.ready = String(seq);
     } catch (e) {
-      if (seq === state.seq) setStatus(`Error: ${e.message}`, true);
+      if (e.badFile) forgetFile();        // later vocabulary edits must not re-send it
+      if (seq === state.seq) setStatus(`Error: ${e.message}${e.badFile ? " Choose another image." : ""}`, true);
     }
+  }
+  function forgetFile() {
+    state.file = null;
+    state.bitmap = null;
+    state.imageId = null;
+    state.result = null;
+    state.selected = -1;
+    clearCanvas();
+    update();
+    renderDetail();
+  }
+  function clearCanvas() {
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    canvas.dataset.empty = "true";
   }
   function post(payload) {
     return fetch(`/v1/images/${encodeURIComponent(state.imageId)}/query`, {
@@ -301,7 +324,7 @@
       state.bitmap = null;
       setStatus("This browser could not read that image; the server will try.", true);
     }
-    if (state.bitmap) draw();
+    if (state.bitmap) draw(); else clearCanvas();  // never the previous image under a new result
     renderList();
     await runQuery();
   }

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vild.errors import VildError
 from vild.inference import load_image
-from vild.inference.images import expand_inputs
+from vild.data.images import expand_inputs
 
 
 def _rgb(h=6, w=8):
@@ -198,7 +198,7 @@ def test_expand_inputs(tmp_path):
 
 def test_unreadable_file_any_user(tmp_path, monkeypatch):
     """The same, simulated (root can read a chmod 000 file)."""
-    import vild.inference.images as images
+    import vild.data.images as images
 
     path = tmp_path / "secret.png"
     Image.new("RGB", (4, 4)).save(path)
@@ -210,3 +210,87 @@ def test_unreadable_file_any_user(tmp_path, monkeypatch):
     with pytest.raises(VildError) as e:
         load_image(path)
     assert "cannot read file (Permission denied)" in _one_line(e)
+
+
+def _awkward_images(tmp_path):
+    """Files on which the three former decoders disagreed: alpha, dark 16-bit, palette alpha."""
+    rgba = np.zeros((6, 8, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 90
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    dark16 = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 5)  # max 235: still 16-bit data
+    Image.fromarray(dark16).save(tmp_path / "dark16.png")
+    pal = Image.new("P", (8, 6), 1)
+    pal.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    pal.info["transparency"] = 1
+    pal.save(tmp_path / "pal.png", transparency=1)
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    return ["rgba.png", "dark16.png", "pal.png", "la.png"]
+
+
+def test_dataset_detect_and_service_decode_the_same_pixels(tmp_path):
+    """`vild eval` (DetectionDataset), `vild detect` / `Detector` and `vild serve` see one image
+    the same way: there is one decoder."""
+    from vild.data.detection import DetectionDataset
+    from vild.service.images import decode_image
+
+    names = _awkward_images(tmp_path)
+    ann = {"images": [{"id": i + 1, "file_name": n, "height": 6, "width": 8} for i, n in enumerate(names)],
+           "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    ds = DetectionDataset(tmp_path, ann)
+    for i, name in enumerate(names):
+        want = load_image(tmp_path / name)
+        assert torch.equal(ds.load_image(i), want), name
+        served = decode_image((tmp_path / name).read_bytes(), max_bytes=10**6, max_pixels=10**4)
+        assert served.dtype == torch.uint8
+        assert float((served.float() / 255 - want).abs().max()) <= 0.5 / 255 + 1e-6, name
+    # alpha on white, 16-bit over 65535 whatever the brightest pixel
+    rgba = load_image(tmp_path / "rgba.png")
+    assert rgba[1, 0, 0] == pytest.approx(1 - 90 / 255, abs=1e-6)  # green: white behind 35% red
+    dark = load_image(tmp_path / "dark16.png")
+    assert float(dark.max()) == pytest.approx(235 / 65535, rel=1e-6)
+    assert torch.equal(load_image(tmp_path / "pal.png")[:, 0, 0], torch.ones(3))  # transparent
+
+
+def test_uint8_output_matches_float_output(tmp_path):
+    names = _awkward_images(tmp_path)
+    for name in names:
+        f = load_image(tmp_path / name)
+        u = load_image(tmp_path / name, dtype=torch.uint8)
+        assert u.dtype == torch.uint8 and u.shape == f.shape
+        assert torch.equal(u, (f * 255).round().to(torch.uint8)), name
+
+
+def test_multi_page_tiff_is_refused_animation_gives_first_frame(tmp_path):
+    pages = [Image.new("RGB", (5, 4), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    pages[0].save(tmp_path / "book.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(VildError, match="TIFF with 3 pages") as e:
+        load_image(tmp_path / "book.tif")
+    assert "\n" not in str(e.value)
+    pages[0].save(tmp_path / "one.tif")
+    assert load_image(tmp_path / "one.tif").shape == (3, 4, 5)
+    pages[0].save(tmp_path / "anim.webp", save_all=True, append_images=pages[1:])
+    assert torch.allclose(load_image(tmp_path / "anim.webp")[:, 0, 0], torch.tensor([1.0, 0, 0]), atol=0.05)
+
+
+def test_symlink_loop_and_broken_link_are_named(tmp_path):
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(VildError, match="loop of symbolic links"):
+        load_image(tmp_path / "a.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(VildError, match="broken symbolic link"):
+        load_image(tmp_path / "dangling.png")
+    with pytest.raises(VildError, match="file not found"):
+        load_image(tmp_path / "gone.png")
+
+
+def test_formats_and_limits_are_enforced(tmp_path):
+    Image.new("RGB", (4, 4)).save(tmp_path / "x.bmp")
+    with pytest.raises(VildError, match="accepted formats: PNG"):
+        load_image(tmp_path / "x.bmp", formats=("PNG",))
+    from vild.data.images import ImageTooLargeError
+
+    with pytest.raises(ImageTooLargeError):
+        load_image(tmp_path / "x.bmp", max_pixels=15)
+    with pytest.raises(VildError, match="at least 1"):
+        load_image(tmp_path / "x.bmp", max_pixels=0)
