@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from vild.inference.detector import Detector
     from vild.inference.draw import save_annotated
     from vild.inference.images import expand_inputs, load_image
-    from vild.inference.methods import CROP_METHODS
+    from vild.model.methods import CROP_METHODS
     from vild.inference.convert import detections_to_coco
     from vild.io import atomic_write_text, save_json
     from vild.text.vocab import parse_vocab_string

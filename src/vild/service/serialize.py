@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 
 def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
     """[N, H, W] mask probabilities (or bools) -> COCO compressed RLE dicts
-    `{"size": [H, W], "counts": str}` (pycocotools' format, column-major)."""
-    from pycocotools import mask as mask_utils
+    `{"size": [H, W], "counts": str}`: `vild.model.convert.masks_to_rle`, the one encoder."""
+    from vild.model.convert import masks_to_rle
 
-    if masks.shape[0] == 0:
-        return []
-    binary = (masks.detach().float().cpu() >= threshold).numpy().astype(np.uint8)
-    rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
+    return masks_to_rle(masks, threshold)
 
 
 def encode_masks_shared(masks: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5) -> list[dict]:
