@@ -13,7 +13,6 @@ Two branches give the same detections (tests/model/test_postprocess.py runs both
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import torch
@@ -140,45 +139,60 @@ def with_limits(config, *, threshold: float | None = None, max_detections: int |
 
 
 # ------------------------------------------------------------------------------ masks
-def _sample_window(masks: torch.Tensor, boxes: torch.Tensor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
-    """[N, M, M] masks, [N, 4] boxes -> [N, y1 - y0, x1 - x0]: each mask stretched over its box
-    and sampled bilinearly at the pixel centres of the window (zero outside the mask)."""
-    n = masks.shape[0]
-    ys = torch.arange(y0, y1, device=masks.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(x0, x1, device=masks.device, dtype=torch.float32) + 0.5
+def _mask_spans(masks: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's pasting geometry, so that both branches paste what Mask R-CNN always has:
+    each [M, M] mask gets a one-pixel zero border, its box grows by (M + 2) / M about its
+    centre and is truncated to whole pixels x0..x1 (inclusive), i.e. the span [x0, x1 + 1).
+    -> (padded masks [N, M + 2, M + 2], spans [N, 4] (left, top, right, bottom) float)."""
+    m = masks.shape[-1]
+    scale = (m + 2) / m
     b = boxes.float()
-    gx = (xs[None, :] - b[:, 0:1]) / (b[:, 2:3] - b[:, 0:1]).clamp_min(1e-6) * 2 - 1
-    gy = (ys[None, :] - b[:, 1:2]) / (b[:, 3:4] - b[:, 1:2]).clamp_min(1e-6) * 2 - 1
+    centre = (b[:, :2] + b[:, 2:]) * 0.5
+    half = (b[:, 2:] - b[:, :2]) * 0.5 * scale
+    corners = torch.cat([centre - half, centre + half], dim=1).to(torch.int64)
+    size = (corners[:, 2:] - corners[:, :2] + 1).clamp_min(1)
+    spans = torch.cat([corners[:, :2], corners[:, :2] + size], dim=1).float()
+    return F.pad(masks.float(), (1, 1, 1, 1)), spans
+
+
+def _sample_window(padded: torch.Tensor, spans: torch.Tensor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+    """Padded masks [N, M', M'] stretched over their spans [N, 4], sampled bilinearly at the
+    pixel centres of the window [y0, y1) x [x0, x1) -> [N, y1 - y0, x1 - x0]. The border of
+    the padded masks is zero, so "border" sampling is zero outside each span."""
+    n = padded.shape[0]
+    ys = torch.arange(y0, y1, device=padded.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(x0, x1, device=padded.device, dtype=torch.float32) + 0.5
+    gx = (xs[None, :] - spans[:, 0:1]) / (spans[:, 2:3] - spans[:, 0:1]) * 2 - 1
+    gy = (ys[None, :] - spans[:, 1:2]) / (spans[:, 3:4] - spans[:, 1:2]) * 2 - 1
     grid = torch.stack([gx[:, None, :].expand(n, ys.numel(), xs.numel()),
                         gy[:, :, None].expand(n, ys.numel(), xs.numel())], dim=3)
-    return F.grid_sample(masks[:, None].float(), grid, mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(padded[:, None], grid, mode="bilinear", padding_mode="border",
                          align_corners=False)[:, 0]
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int], *,
                 batched: bool | None = None, chunk_bytes: int = PASTE_CHUNK_BYTES) -> torch.Tensor:
-    """[N, M, M] mask probabilities inside [N, 4] xyxy boxes -> [N, H, W] at image size.
+    """[N, M, M] mask probabilities inside [N, 4] xyxy boxes -> [N, H, W] at image size, with
+    torchvision's `paste_masks_in_image` geometry (tests/model/test_postprocess.py).
 
     batched (default: on accelerators): one grid_sample over the whole image per chunk of
-    masks, each chunk's masks and grid within `chunk_bytes`. Otherwise each mask is sampled
-    only inside its box (plus the half mask-pixel of bilinear fall-off around it)."""
+    masks, each chunk's output and sampling grid within `chunk_bytes`. Otherwise each mask
+    is sampled only inside its own span."""
     h, w = int(image_size[0]), int(image_size[1])
     n = masks.shape[0]
     if n == 0 or h == 0 or w == 0:
         return masks.new_zeros(n, h, w, dtype=torch.float32)
+    padded, spans = _mask_spans(masks, boxes)
     if _use_batched(masks, batched):
         per_mask = h * w * 12  # float32 output + 2 x float32 grid per pixel
         rows = max(1, chunk_bytes // per_mask)
-        return torch.cat([_sample_window(masks[s:s + rows], boxes[s:s + rows], 0, 0, h, w)
+        return torch.cat([_sample_window(padded[s:s + rows], spans[s:s + rows], 0, 0, h, w)
                           for s in range(0, n, rows)])
     out = masks.new_zeros(n, h, w, dtype=torch.float32)
-    m = masks.shape[-1]
-    for i, box in enumerate(boxes.float().tolist()):
-        mx, my = (box[2] - box[0]) / m, (box[3] - box[1]) / m
-        x0, y0 = max(math.floor(box[0] - mx) - 1, 0), max(math.floor(box[1] - my) - 1, 0)
-        x1, y1 = min(math.ceil(box[2] + mx) + 1, w), min(math.ceil(box[3] + my) + 1, h)
+    for i, (left, top, right, bottom) in enumerate(spans.to(torch.int64).tolist()):
+        x0, y0, x1, y1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
         if x1 > x0 and y1 > y0:
-            out[i, y0:y1, x0:x1] = _sample_window(masks[i:i + 1], boxes[i:i + 1], y0, x0, y1, x1)[0]
+            out[i, y0:y1, x0:x1] = _sample_window(padded[i:i + 1], spans[i:i + 1], y0, x0, y1, x1)[0]
     return out
 
 
