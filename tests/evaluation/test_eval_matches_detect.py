@@ -102,3 +102,30 @@ def test_eval_rejects_a_method_the_model_lacks(tmp_path, world, capsys):
                  "--no-progress", "--teacher", str(TEACHER)])
     assert code == 1
     assert "not available" in capsys.readouterr().err
+
+
+def test_eval_runs_one_forward_per_batch(world):
+    from vild.evaluation.run import predict_split
+    from vild.training.checkpoint import load_model, load_vocabulary
+
+    model = load_model(BUNDLED)
+    vocab, text = load_vocabulary(BUNDLED)
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    try:
+        results, timing = predict_split(model, Path(world) / "val" / "images",
+                                        Path(world) / "val" / "annotations.json", text,
+                                        vocab["category_ids"], batch_size=2, progress=False)
+    finally:
+        hook.remove()
+    assert calls == [2, 1] and timing["images"] == 3 and results
+
+
+def test_eval_and_detect_agree_in_bf16(tmp_path, world):
+    from vild.inference import Detector
+
+    detector = Detector.from_pretrained(str(BUNDLED), precision="bf16")
+    got = _eval_results(tmp_path, BUNDLED, TEACHER, world, "vild-ensemble", "--precision", "bf16")
+    _assert_same(got, _detect_results(detector, world, "vild-ensemble"))
+    fp32 = _eval_results(tmp_path, BUNDLED, TEACHER, world, "vild-ensemble")
+    assert [r["score"] for r in got] != [r["score"] for r in fp32]  # bf16 did run
