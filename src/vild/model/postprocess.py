@@ -6,7 +6,7 @@ Two branches give the same detections (tests/model/test_postprocess.py runs both
   and images kept apart by offsetting their coordinates), and masks pasted with one
   `grid_sample` per chunk of masks, chunks bounded in bytes. Few kernel launches, no
   per-class or per-mask Python loop.
-- per image (the default on CPU, measured faster there: benchmarks/perf_inference.py): NMS
+- per image (the default on CPU, measured faster there: benchmarks/results/perf_inference_cpu.json): NMS
   by a per-class loop or one offset NMS, whichever the candidate counts make cheaper, and
   each mask sampled only inside its box's window.
 """
