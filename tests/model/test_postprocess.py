@@ -85,7 +85,8 @@ def test_paste_branches_match_torchvision():
     batched = paste_masks(masks, boxes, (h, w), batched=True)
     chunked = paste_masks(masks, boxes, (h, w), batched=True, chunk_bytes=h * w * 12 * 7)
     assert per_box.shape == batched.shape == (n, h, w)
-    assert torch.allclose(per_box, batched, atol=1e-5)  # same sampling, window vs whole image
+    assert torch.allclose(per_box, reference, atol=1e-5)  # torchvision's arithmetic, per window
+    assert torch.allclose(batched, reference, atol=1e-4)  # the same geometry by grid_sample
     assert torch.equal(batched, chunked)
     ious = _iou(batched >= 0.5, reference >= 0.5)
     assert float(ious.min()) >= 0.99, ious
