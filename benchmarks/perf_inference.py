@@ -153,6 +153,21 @@ def median_stages(runs: list[dict]) -> dict:
 
 
 @torch.inference_mode()
+def torchvision_paste_time(model, images, text, detections: int, repeats: int) -> float:
+    """torchvision's `paste_masks_in_image` on the masks of one prediction (the paste vild used
+    before `vild.model.postprocess`), for comparison with the finish stage of both branches."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    batch = model.regions(images)
+    cfg = with_limits(model.config, max_detections=detections)
+    bg = model.roi_heads.background
+    probs = [method_probabilities("vild", cfg, bg, r.embeddings, None, None, text, None) for r in batch.regions]
+    picks = select_detections_batch([r.boxes for r in batch.regions], probs, cfg)
+    masks = model.roi_heads.predict_masks(batch.features, [p[0] for p in picks], batch.sizes)[0]
+    return time_call(lambda: paste_masks_in_image(masks, picks[0][0], batch.original_sizes[0]), text.device, repeats)
+
+
+@torch.inference_mode()
 def time_call(fn, device, repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -256,6 +271,7 @@ def main() -> int:
                 for _ in range(repeats + 1)][1:]
         st = median_stages(runs)
         branches[name] = {"select_nms_s": st["select_nms"], "finish_s": st["finish"]}
+    branches["torchvision_paste_s"] = torchvision_paste_time(model, one, texts[c_mid], d_max, repeats)
     result["postprocess_branches"] = branches
     log(f"post-processing branches: {branches}")
 
