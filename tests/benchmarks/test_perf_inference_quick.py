@@ -27,5 +27,5 @@ def test_quick_run_writes_every_row(tmp_path):
         assert abs(sum(row["stages_s"][s] for s in STAGES - {"total"}) - row["stages_s"]["total"]) < 1e-9
     assert result["reference_torchvision"]["classes"] == 101 and result["reference_torchvision"]["seconds"] > 0
     assert result["conventional"]["ratio_vild_over_conventional"] > 0
-    assert set(result["postprocess_branches"]) == {"batched", "per_image"}
+    assert set(result["postprocess_branches"]) == {"batched", "per_image", "torchvision_paste_s"}
     assert all(v == "not measured" for v in result["targets"].values())  # GPU targets, CPU run
