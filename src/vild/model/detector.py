@@ -18,6 +18,7 @@ from vild.model.backbone import build_backbone
 from vild.model.config import ViLDConfig
 from vild.model.outputs import DetectorOutput, Detections
 from vild.model.postprocess import finish_detections, select_detections_batch, with_limits
+from vild.model.predict import precision_context
 from vild.model.roi_heads import ViLDRoIHeads
 
 
@@ -192,8 +193,6 @@ class ViLDDetector(nn.Module):
         finishes; `vild.model.predict` is the path that strings them together.
         precision "bf16" runs the network under autocast (boxes stay fp32).
         """
-        from vild.model.predict import precision_context
-
         with precision_context(self.roi_heads.background.device, precision):
             image_list, _, original_sizes = self._preprocess(images, None)
             features = self.backbone(image_list.tensors)
@@ -221,10 +220,9 @@ class ViLDDetector(nn.Module):
         thin-image padding (default: the sizes the network was given); output_device: where
         the detections go (None: the model's device).
         """
-        from vild.model.predict import precision_context
-
         cfg = with_limits(self.config, threshold=threshold, max_detections=max_detections)
-        with torch.autocast(batch.features["0"].device.type, enabled=False):
+        # NMS in fp32/fp64 even inside a caller's autocast (which would cast its boxes down)
+        with torch.autocast(self.roi_heads.background.device.type, enabled=False):
             picks = select_detections_batch([r.boxes.float() for r in batch.regions],
                                             [p.float() for p in probs], cfg, batched=batched)
         masks = [None] * len(picks)
