@@ -53,7 +53,7 @@ class ImageRegions:
     crop_embeddings [P, D] (the teacher's crops, CLIP methods) or None; masks [P, M, M]
     class-agnostic mask probabilities inside each box, or None. input_boxes / input_size /
     padded_size: the same boxes in the network's resized input, for post-processing that is
-    exactly `detect`'s.
+    exactly `detect`'s; clip_scale: the teacher's logit scale (CLIP methods).
     """
 
     boxes: torch.Tensor
