@@ -109,3 +109,31 @@ def test_finish_crops_padding_and_hands_back():
                             None, torch.randn(1, 8), None, input_size=(64, 64), padded_size=(32, 32),
                             image_size=(32, 16))
     assert len(off) == 0
+
+
+def test_both_branches_give_the_same_detections_end_to_end():
+    """The bundled model on its example images, one batch, the batched (accelerator) branch
+    forced on CPU tensors against the per-image one: same boxes, labels and scores; masks
+    IoU >= 0.99 (they differ only by grid_sample vs interpolate rounding)."""
+    from pathlib import Path
+
+    import vild
+    from vild.inference.images import load_image
+    from vild.model.predict import predict
+    from vild.training.checkpoint import load_model, load_vocabulary
+
+    torch.set_num_threads(1)
+    assets = Path(vild.__file__).parent / "assets"
+    folder = assets / "models" / "shapeworld-vild-ensemble"
+    model = load_model(folder)
+    vocab, text = load_vocabulary(folder)
+    base = torch.tensor(vocab["base"])
+    images = [load_image(p) for p in sorted((assets / "examples").glob("*.png"))]
+    per_image = predict(model, images, text, base_mask=base, batched=False)
+    batched = predict(model, images, text, base_mask=base, batched=True)
+    assert sum(len(d) for d in per_image) > 100
+    for a, b in zip(per_image, batched):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.scores, b.scores)
+        assert torch.equal(a.boxes, b.boxes)
+        keep = (a.masks >= 0.5).flatten(1).any(1)  # masks with pixels in both
+        assert float(_iou(a.masks[keep] >= 0.5, b.masks[keep] >= 0.5).min()) >= 0.99
