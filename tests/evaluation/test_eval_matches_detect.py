@@ -129,3 +129,9 @@ def test_eval_and_detect_agree_in_bf16(tmp_path, world):
     _assert_same(got, _detect_results(detector, world, "vild-ensemble"))
     fp32 = _eval_results(tmp_path, BUNDLED, TEACHER, world, "vild-ensemble")
     assert [r["score"] for r in got] != [r["score"] for r in fp32]  # bf16 did run
+
+
+def test_eval_crop_method_without_teacher_says_so(world, capsys):
+    code = main(["eval", "--model", str(BUNDLED), "--world", str(world), "--method", "clip", "--no-progress"])
+    assert code == 1
+    assert "give --teacher" in capsys.readouterr().err

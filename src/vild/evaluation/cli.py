@@ -56,8 +56,10 @@ def run(args) -> int:
         from vild.teacher import Teacher
 
         teacher = Teacher.load(args.teacher)
-    from vild.model.methods import resolve_method
+    from vild.model.methods import CROP_METHODS, resolve_method
 
+    if args.method in CROP_METHODS and teacher is None:
+        raise VildError(f"--method {args.method} classifies crops with the teacher: give --teacher")
     try:
         method = resolve_method(args.method, model.config.mode, with_teacher=teacher is not None)
     except ValueError as e:
