@@ -104,6 +104,9 @@ def test_all_good_exit_zero_named_vocabulary_and_attributes(model_dir, tmp_path,
     code, _, _ = run(capsys, tmp_path / "a.png", "--model", model_dir, "--vocab-file", tmp_path / "v.txt",
                      "--out", tmp_path / "o3", "--method", "clip")
     assert code == 0
+    code, _, _ = run(capsys, tmp_path / "a.png", "--model", model_dir, "--out", tmp_path / "o4",
+                     "--precision", "bf16", "--no-draw")
+    assert code == 0 and json.loads((tmp_path / "o4" / "results.json").read_text())
 
 
 @pytest.mark.parametrize("args, words", [

@@ -60,6 +60,13 @@ def test_one_vs_many_images_and_batching(detector):
     assert many[1].image_size == (48, 80)
     for got, want in zip(many, (one_a, one_b, one_a)):
         _same(got, want)
+    calls = []
+    hook = detector.model.backbone.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    try:
+        detector.detect([a, b, a, b, a], threshold=0.0, batch_size=3)
+    finally:
+        hook.remove()
+    assert calls == [3, 2]  # one forward pass per batch of images
     stacked = detector.detect(torch.stack([torch.from_numpy(a).permute(2, 0, 1)] * 2), threshold=0.0)
     assert len(stacked) == 2
     with pytest.raises(VildError, match="no images"):
@@ -296,8 +303,44 @@ def test_other_modes(tmp_path):
         assert det.detect(img, threshold=0.0)[0].image_embeddings is None
 
 
+def test_bf16_precision_matches_fp32(model_dir, detector):
+    """bf16 autocast on the network: the same detections as fp32 within bf16's resolution
+    (8 bits of mantissa: scores to ~1e-2; boxes decoded in fp32, to a fraction of a pixel)."""
+    bf16 = Detector.from_pretrained(str(model_dir), precision="bf16")
+    assert bf16.info()["precision"] == "bf16"
+    img = scene()
+    want = detector.detect(img, threshold=0.1)[0]
+    got = bf16.detect(img, threshold=0.1)[0]
+    assert got.boxes.dtype == torch.float32 and got.masks.dtype == torch.float32
+    assert len(want) > 0
+    assert not torch.equal(got.embeddings, want.embeddings)  # the network did run in bf16
+    matched_fraction(got, want, box_tol=0.5, score_tol=0.02, at_least=0.8)
+    with pytest.raises(VildError, match="precision"):
+        Detector.from_pretrained(str(model_dir), precision="fp16")
+
+
+def matched_fraction(got: Detections, want: Detections, *, box_tol: float, score_tol: float,
+                     at_least: float) -> None:
+    """Detections compared as sets: each wanted detection matched to an unused one with the
+    same label, every box coordinate within box_tol px and the score within score_tol. Near a
+    threshold or an NMS tie a tiny numeric difference may swap a detection, so `at_least` of
+    the wanted ones (and of the got ones) must match, not all."""
+    used = torch.zeros(len(got), dtype=torch.bool)
+    matched = 0
+    for i in range(len(want)):
+        ok = ((got.labels == want.labels[i]) & ~used
+              & ((got.boxes - want.boxes[i]).abs().amax(dim=1) <= box_tol)
+              & ((got.scores - want.scores[i]).abs() <= score_tol))
+        if ok.any():
+            used[int(torch.where(ok)[0][0])] = True
+            matched += 1
+    assert matched >= at_least * len(want) and matched >= at_least * len(got), (matched, len(want), len(got))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(model_dir, detector):
+    """TF32 convolutions and a different summation order: the same detections as a set, boxes
+    within 0.05 px of 64 px and scores within 1e-3, not identical coordinates."""
     gpu = Detector.from_pretrained(str(model_dir), device="cuda")
     assert gpu.info()["device"].startswith("cuda")
     img = scene()
@@ -305,8 +348,7 @@ def test_cuda_matches_cpu(model_dir, detector):
         want = detector.detect(img, ["star", "ring"], attributes=["red", "blue"], threshold=0.05, method=method)[0]
         got = gpu.detect(img, ["star", "ring"], attributes=["red", "blue"], threshold=0.05, method=method)[0]
         assert got.boxes.device.type == "cpu"  # results always come back on the CPU
-        assert len(got) == len(want)
-        assert torch.allclose(got.scores, want.scores, atol=1e-3)
-        assert torch.allclose(got.boxes, want.boxes, atol=1e-2)
+        assert len(want) > 0
+        matched_fraction(got, want, box_tol=0.05, score_tol=1e-3, at_least=0.95)
         q = gpu.query(gpu.embed(img, method=method), ["star", "ring"], attributes=["red", "blue"], threshold=0.05)
         _same(q, got)

@@ -46,7 +46,7 @@ def test_select_detections_matches_torchvision_batched_nms():
     from torchvision.ops import batched_nms
 
     from vild.model import ViLDConfig
-    from vild.model.roi_heads import select_detections
+    from vild.model.postprocess import select_detections
 
     g = torch.Generator().manual_seed(0)
     # (600, 5): many candidates in few classes -> the per-class loop; the others -> one offset NMS

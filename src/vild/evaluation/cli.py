@@ -16,8 +16,12 @@ def register(subparsers) -> None:
     p.add_argument("--images", help="images folder (with --dataset)")
     p.add_argument("--dataset", "--annotations", dest="annotations",
                    help="any LVIS/COCO-format json to evaluate on")
-    p.add_argument("--method", default="native", choices=["native", "clip", "text+clip"],
-                   help="native = the model's own heads; clip / text+clip use the teacher on crops (slow)")
+    p.add_argument("--method", default=None,
+                   choices=("vild-text", "vild-image", "vild", "vild-ensemble", "clip", "vild-text+clip"),
+                   help="scoring method (default: the model's own); clip and vild-text+clip run the "
+                        "teacher on crops of every region (slow, need --teacher)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: the network under autocast (scores and post-processing in fp32)")
     p.add_argument("--teacher", help="teacher (needed for clip methods and new vocabularies)")
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
     p.add_argument("--rpn-recall", action="store_true", help="also RPN AR@100/300/1000 on novel categories")
@@ -52,12 +56,18 @@ def run(args) -> int:
         from vild.teacher import Teacher
 
         teacher = Teacher.load(args.teacher)
-    if args.method != "native" and teacher is None:
+    from vild.model.methods import CROP_METHODS, resolve_method
+
+    if args.method in CROP_METHODS and teacher is None:
         raise VildError(f"--method {args.method} classifies crops with the teacher: give --teacher")
+    try:
+        method = resolve_method(args.method, model.config.mode, with_teacher=teacher is not None)
+    except ValueError as e:
+        raise VildError(f"--method: {e}") from None
     vocab, text, base_mask, novel_ids = split_vocabulary(args.model, annotations, teacher)
     metrics = evaluate_detector(
         model, images, annotations, text, vocab["category_ids"], base_mask=base_mask,
-        novel_category_ids=novel_ids, method=args.method, teacher=teacher,
+        novel_category_ids=novel_ids, method=method, teacher=teacher, precision=args.precision,
         batch_size=args.batch_size, max_images=args.max_images, results_path=args.results,
         progress=not args.no_progress,
     )

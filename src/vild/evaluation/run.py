@@ -11,7 +11,7 @@ from tqdm import tqdm
 from vild.evaluation.coco_eval import evaluate_coco
 from vild.evaluation.lvis_eval import evaluate_lvis
 from vild.evaluation.proposals import proposal_recall
-from vild.evaluation.results import detections_to_coco_results, save_results
+from vild.evaluation.results import save_results
 
 
 def _image_batches(images_dir, annotations, batch_size, max_images):
@@ -27,26 +27,31 @@ def _image_batches(images_dir, annotations, batch_size, max_images):
 @torch.no_grad()
 def predict_split(
     model, images_dir, annotations, text_embeddings, category_ids, *,
-    base_mask=None, method="native", teacher=None, batch_size=4, max_images=None, progress=True,
-    num_crop_regions=300,
+    base_mask=None, method=None, teacher=None, batch_size=4, max_images=None, progress=True,
+    num_crop_regions=300, precision="fp32",
 ) -> tuple[list[dict], dict]:
-    """-> (COCO-format results, {"images", "ms_per_image"}). Timing covers inference only."""
-    from vild.inference.methods import detect_batch
+    """-> (COCO-format results, {"images", "ms_per_image"}). Timing covers inference only.
+
+    Detections come from `vild.model.predict.predict`, the path `Detector.detect` runs, with
+    the config's score_thresh and detections_per_image; one forward pass per `batch_size`
+    images. method: a `vild.model.methods.METHODS` name (None or "native": the model's own).
+    """
+    from vild.model.convert import detections_to_coco
+    from vild.model.predict import predict
 
     model.eval()
     results, seconds, images_done = [], 0.0, 0
-    total = None
-    bar = tqdm(desc=f"eval[{method}]", unit="img", disable=not progress, total=total)
+    bar = tqdm(desc=f"eval[{method or 'native'}]", unit="img", disable=not progress)
     for image_ids, images in _image_batches(images_dir, annotations, batch_size, max_images):
         started = time.perf_counter()
-        detections = detect_batch(
+        detections = predict(
             model, images, text_embeddings, base_mask=base_mask, method=method, teacher=teacher,
-            num_crop_regions=num_crop_regions,
+            num_crop_regions=num_crop_regions, precision=precision,
         )
         seconds += time.perf_counter() - started
         images_done += len(images)
         for image_id, det in zip(image_ids, detections):
-            results.extend(detections_to_coco_results(det, image_id, category_ids))
+            results.extend(detections_to_coco(det, image_id, category_ids))
         bar.update(len(images))
     bar.close()
     return results, {"images": images_done, "ms_per_image": 1000 * seconds / max(images_done, 1)}
@@ -54,14 +59,15 @@ def predict_split(
 
 def evaluate_detector(
     model, images_dir, annotations, text_embeddings, category_ids, *,
-    base_mask=None, novel_category_ids=None, method="native", teacher=None, batch_size=4,
+    base_mask=None, novel_category_ids=None, method=None, teacher=None, batch_size=4,
     max_images=None, results_path: str | Path | None = None, progress=True, num_crop_regions=300,
+    precision="fp32",
 ) -> dict:
-    """Predict and evaluate: {"lvis": {segm, bbox}, "coco": {segm, bbox}, "timing": ...}."""
+    """Predict (`predict_split`) and evaluate: {"lvis": {segm, bbox}, "coco": {segm, bbox}, "timing": ...}."""
     results, timing = predict_split(
         model, images_dir, annotations, text_embeddings, category_ids, base_mask=base_mask,
         method=method, teacher=teacher, batch_size=batch_size, max_images=max_images,
-        progress=progress, num_crop_regions=num_crop_regions,
+        progress=progress, num_crop_regions=num_crop_regions, precision=precision,
     )
     if results_path is not None:
         save_results(results_path, results)
@@ -70,6 +76,7 @@ def evaluate_detector(
         from vild.data.detection import load_annotation_file
 
         image_ids = [int(im["id"]) for im in load_annotation_file(annotations)["images"][:max_images]]
+    timing["precision"] = precision
     return {
         "lvis": evaluate_lvis(str(annotations), results, image_ids=image_ids),
         "coco": evaluate_coco(

@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-draw", action="store_true", help="write only the json files")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: the network under autocast (scores and post-processing in fp32)")
     p.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared machine)")
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default 64,000,000 or $VILD_MAX_PIXELS)")
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from vild.inference.detector import Detector
     from vild.inference.draw import save_annotated
     from vild.data.images import expand_inputs, load_image
-    from vild.inference.methods import CROP_METHODS
+    from vild.model.methods import CROP_METHODS
     from vild.inference.convert import detections_to_coco
     from vild.io import atomic_write_text, save_json
     from vild.text.vocab import parse_vocab_string
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
             raise VildError(f"--attributes: {e}") from None
 
     det = Detector.from_pretrained(args.model, device=args.device, method=args.method,
-                                   teacher=args.teacher, weights=args.weights)
+                                   teacher=args.teacher, weights=args.weights, precision=args.precision)
     if args.images:
         items = expand_inputs(args.images)
     else:

@@ -13,7 +13,6 @@ a model.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,20 +23,10 @@ import torch
 
 from vild.errors import VildError, VocabularyError
 from vild.data.images import load_image
-from vild.inference.methods import (
-    CROP_METHODS,
-    DESCRIPTIONS,
-    method_probabilities,
-    methods_for_mode,
-    native_method,
-    teacher_logit_scale,
-)
+from vild.model.methods import CROP_METHODS, DESCRIPTIONS, methods_for_mode, native_method
+from vild.model.predict import MIN_INPUT_SIDE, PRECISIONS  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("vild.inference")
-
-#: Each side of the network's resized input is at least this many pixels: thinner images are
-#: padded (bottom / right, with the normalisation mean) before detection, then cropped back.
-MIN_INPUT_SIDE = 32
 
 
 @dataclass(frozen=True)
@@ -64,7 +53,7 @@ class ImageRegions:
     crop_embeddings [P, D] (the teacher's crops, CLIP methods) or None; masks [P, M, M]
     class-agnostic mask probabilities inside each box, or None. input_boxes / input_size /
     padded_size: the same boxes in the network's resized input, for post-processing that is
-    exactly `detect`'s.
+    exactly `detect`'s; clip_scale: the teacher's logit scale (CLIP methods).
     """
 
     boxes: torch.Tensor
@@ -79,6 +68,7 @@ class ImageRegions:
     padded_size: tuple[int, int]
     method: str
     model_id: int = 0
+    clip_scale: float = 100.0
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -115,6 +105,7 @@ class Detector:
         teacher_spec: str | None = None,
         num_crop_regions: int = 300,
         examples: Sequence[Path] = (),
+        precision: str = "fp32",
     ) -> None:
         from vild.text.prompts import normalize_name
 
@@ -126,6 +117,10 @@ class Detector:
         self.templates = templates
         self.cache_dir = cache_dir
         self.num_crop_regions = int(num_crop_regions)
+        if precision not in PRECISIONS:
+            raise VildError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        #: "fp32", or "bf16": the network under autocast (scores and post-processing in fp32)
+        self.precision = precision
         self.examples = tuple(Path(p) for p in examples)
         self._lock = threading.Lock()
         self._text: dict[tuple[str, ...], torch.Tensor] = {}
@@ -148,12 +143,13 @@ class Detector:
         teacher: str | None = None,
         weights: str | None = None,
         cache_dir: str | None = None,
+        precision: str = "fp32",
     ) -> "Detector":
         """Load a registered model (default: the bundled ShapeWorld-OV ViLD-ensemble), a model
         folder (`vild train` output) or ``hf-hub:ORG/REPO``, with its teacher and default
         vocabulary. `teacher` overrides the teacher the folder names; `weights` is the folder
         or hf-hub id for registry entries that ship without weights; `method` the default
-        scoring method (default: the model's own). Raises `VildError` (one line) when anything
+        scoring method (default: the model's own); `precision` "fp32" or "bf16" (autocast). Raises `VildError` (one line) when anything
         is missing or does not match.
         """
         from vild.device import check_device
@@ -194,6 +190,7 @@ class Detector:
             default_category_ids=ids, default_text_embeddings=embeddings, base_names=base,
             method=method, templates=resolved.templates, cache_dir=cache_dir,
             source=str(resolved.folder), teacher_spec=resolved.teacher, examples=resolved.examples,
+            precision=precision,
         )
 
     # ------------------------------------------------------------------ properties
@@ -231,6 +228,7 @@ class Detector:
             "default_vocabulary_size": len(self._default_entries),
             "with_masks": cfg.with_masks,
             "device": str(self.device),
+            "precision": self.precision,
         }
 
     def __repr__(self) -> str:
@@ -347,36 +345,19 @@ class Detector:
         _check_post(threshold, max_detections)
         return self._detect_tensors(list(tensors), vocabulary, attributes, method, threshold, max_detections)
 
-    @torch.no_grad()
     def _detect_tensors(self, tensors, vocab, attrs, method, threshold, max_det) -> list:
+        from vild.model.predict import predict
+
         if not tensors:
             return []
-        fitted = [self._fit(t) for t in tensors]
-        batch = self.model.regions([f[0] for f in fitted])
-        picks = []
-        for i, (image, _) in enumerate(fitted):
-            r = batch.regions[i]
-            crops = None
-            if method in CROP_METHODS:
-                r = r.select(r.objectness.argsort(descending=True)[: self.num_crop_regions])
-                batch.regions[i] = r
-                crops = self.teacher.encode_regions(image, batch.boxes_in_original(i)).to(self.device)
-            probs, names = self._probabilities(method, r.embeddings, r.image_embeddings, crops, vocab, attrs)
-            limit = self._mask_limit(max_det, batch.original_sizes[i])
-            picks.append(self._select(r.boxes, probs, threshold, limit) + (names,))
-        masks = [None] * len(picks)
-        if self.model.config.with_masks:
-            masks = [m[:, 0] for m in self.model.roi_heads.predict_masks(
-                batch.features, [p[0] for p in picks], batch.sizes)]
-        out = []
-        for i, ((boxes, scores, labels, index, names), m) in enumerate(zip(picks, masks)):
-            r = batch.regions[i]
-            out.append(_finish(
-                boxes, scores, labels, m,
-                r.embeddings[index], r.image_embeddings[index] if r.image_embeddings is not None else None,
-                batch.sizes[i], batch.original_sizes[i], fitted[i][1], names,
-            ))
-        return out
+        self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
+        return predict(
+            self.model, tensors, vocab.embeddings, base_mask=vocab.base, method=method,
+            teacher=self.teacher, attribute_embeddings=attrs.embeddings if attrs is not None else None,
+            class_names=_class_names(vocab, attrs), threshold=threshold, max_detections=max_det,
+            num_crop_regions=self.num_crop_regions, precision=self.precision,
+            max_mask_bytes=self.max_mask_bytes,
+        )
 
     # ------------------------------------------------------------------ on-the-fly queries
     @torch.no_grad()
@@ -384,22 +365,20 @@ class Detector:
         """Run the network once on one image and keep what scoring needs: every region's box,
         embeddings and class-agnostic mask (and, for the CLIP methods, the teacher's crop
         embeddings of the top `num_crop_regions` regions). `query` then scores any text."""
+        from vild.model.predict import embed_batch, precision_context
+
         method = self._check_method(method)
-        tensor = load_image(image)
-        padded, size = self._fit(tensor)
-        batch = self.model.regions([padded])
+        embedded = embed_batch(self.model, [load_image(image)], method=method, teacher=self.teacher,
+                               num_crop_regions=self.num_crop_regions, precision=self.precision)
+        batch, size, crops = embedded.batch, embedded.image_sizes[0], embedded.crops[0]
         r = batch.regions[0]
-        crops = None
-        if method in CROP_METHODS:
-            r = r.select(r.objectness.argsort(descending=True)[: self.num_crop_regions])
-            batch.regions[0] = r
-            crops = self.teacher.encode_regions(padded, batch.boxes_in_original(0)).to(self.device)
         masks = None
         if self.model.config.with_masks:
-            masks = self.model.roi_heads.predict_masks(batch.features, [r.boxes], batch.sizes)[0][:, 0]
-        boxes = batch.boxes_in_original(0).clone()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, size[1])
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, size[0])
+            with precision_context(self.device, self.precision):
+                masks = self.model.roi_heads.predict_masks(batch.features, [r.boxes.float()], batch.sizes)[0][:, 0]
+        boxes = batch.boxes_in_original(0).float()
+        boxes = torch.stack([boxes[:, 0].clamp(0, size[1]), boxes[:, 1].clamp(0, size[0]),
+                             boxes[:, 2].clamp(0, size[1]), boxes[:, 3].clamp(0, size[0])], dim=1)
         return ImageRegions(
             boxes=boxes,
             objectness=r.objectness,
@@ -408,11 +387,12 @@ class Detector:
             crop_embeddings=crops,
             masks=masks,
             image_size=size,
-            input_boxes=r.boxes,
+            input_boxes=r.boxes.float(),
             input_size=tuple(batch.sizes[0]),
             padded_size=tuple(batch.original_sizes[0]),
             method=method,
             model_id=id(self.model),
+            clip_scale=embedded.clip_scale,
         )
 
     @torch.no_grad()
@@ -443,16 +423,27 @@ class Detector:
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
-        probs, names = self._probabilities(method, regions.embeddings, regions.image_embeddings,
-                                           regions.crop_embeddings, vocab, attrs)
+        from vild.model.methods import vocabulary_probabilities
+        from vild.model.postprocess import finish_detections, mask_limit, select_detections_batch, with_limits
+
+        self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
+        cfg = self.model.config
+        probs = vocabulary_probabilities(
+            method, cfg, self.model.roi_heads.background, regions.embeddings, regions.image_embeddings,
+            regions.crop_embeddings, vocab.embeddings, vocab.base,
+            attribute_embeddings=attrs.embeddings if attrs is not None else None,
+            clip_scale=regions.clip_scale)
         if regions.masks is not None:
-            max_detections = self._mask_limit(max_detections, regions.padded_size)
-        boxes, scores, labels, index = self._select(regions.input_boxes, probs, threshold, max_detections)
-        masks = regions.masks[index] if regions.masks is not None else None
-        return _finish(
-            boxes, scores, labels, masks, regions.embeddings[index],
+            max_detections = mask_limit(max_detections, regions.padded_size, self.max_mask_bytes)
+        limits = with_limits(cfg, threshold=threshold, max_detections=max_detections)
+        boxes, scores, labels, index = select_detections_batch([regions.input_boxes], [probs], limits)[0]
+        return finish_detections(
+            boxes, scores, labels, regions.masks[index] if regions.masks is not None else None,
+            regions.embeddings[index],
             regions.image_embeddings[index] if regions.image_embeddings is not None else None,
-            regions.input_size, regions.padded_size, regions.image_size, names,
+            input_size=regions.input_size, padded_size=regions.padded_size,
+            image_size=regions.image_size, class_names=_class_names(vocab, attrs),
+            max_mask_bytes=self.max_mask_bytes,
         )
 
     # ------------------------------------------------------------------ internals
@@ -463,102 +454,13 @@ class Detector:
                 f"{names} names x {attributes} attributes = {names * attributes:,} labels; the limit is "
                 f"{self.max_labels:,} (Detector.max_labels)")
 
-    def _mask_limit(self, max_det: int, size) -> int:
-        """`max_det`, lowered so that the masks of one image (at its padded size) fit in
-        `max_mask_bytes`."""
-        if not self.model.config.with_masks:
-            return max_det
-        h, w = int(size[0]), int(size[1])
-        fit = max(1, int(self.max_mask_bytes) // (4 * h * w))
-        if max_det <= fit:
-            return max_det
-        log.warning("max_detections lowered from %d to %d for a %dx%d image: its masks take %.1f MiB "
-                    "each and max_mask_bytes is %.0f MiB", max_det, fit, w, h, 4 * h * w / 2**20,
-                    self.max_mask_bytes / 2**20)
-        return fit
-
-    def _probabilities(self, method, emb, img_emb, crops, vocab: Vocabulary, attrs: Vocabulary | None):
-        self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
-        cfg = self.model.config
-        scale = teacher_logit_scale(self.teacher) if crops is not None else 100.0
-        common = dict(clip_scale=scale)
-        background = self.model.roi_heads.background
-        p = method_probabilities(method, cfg, background, emb, img_emb, crops, vocab.embeddings,
-                                 vocab.base, **common)
-        names = vocab.names
-        if attrs is not None:
-            pa = method_probabilities(method, cfg, background, emb, img_emb, crops, attrs.embeddings,
-                                      attrs.base, with_background=False, **common)
-            p = (p[:, :, None] * pa[:, None, :]).reshape(p.shape[0], -1)
-            names = tuple(f"{a} {v}" for v in vocab.names for a in attrs.names)
-        return p, names
-
-    def _select(self, boxes, probs, threshold, max_det):
-        from vild.model.roi_heads import select_detections
-
-        cfg = dataclasses.replace(self.model.config, score_thresh=float(threshold),
-                                  detections_per_image=int(max_det))
-        if max_det == 0 or boxes.shape[0] == 0:
-            empty = boxes.new_zeros(0, dtype=torch.int64)
-            return boxes[:0], probs.new_zeros(0), empty, empty
-        return select_detections(boxes, probs, cfg)
-
-    def _fit(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """[3, H, W] -> (the tensor on the device, padded so that no side of the network's
-        input falls below MIN_INPUT_SIDE pixels; the original (H, W))."""
-        cfg = self.model.config
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        image = image.to(self.device, torch.float32)
-        short, long = min(h, w), max(h, w)
-        scale = min(cfg.min_size / short, cfg.max_size / long)
-        need = min(MIN_INPUT_SIDE, cfg.min_size)
-        if short * scale >= need:
-            return image, (h, w)
-        target = min(long, int(-(-need * long // cfg.max_size)) + 1)
-        pad_h, pad_w = (target - h, 0) if h < w else (0, target - w)
-        mean = torch.tensor(cfg.image_mean, device=self.device).view(3, 1, 1)
-        padded = mean.expand(3, h + pad_h, w + pad_w).clone()
-        padded[:, :h, :w] = image
-        return padded, (h, w)
-
 
 # ---------------------------------------------------------------------- helpers
-def _finish(boxes, scores, labels, masks, emb, img_emb, input_size, padded_size, image_size, names):
-    """Selected regions in the network's input -> `Detections` in original image pixels
-    (boxes resized, masks pasted at image size, padding cropped away)."""
-    from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, paste_mask_in_image
-    from torchvision.models.detection.transform import resize_boxes
-
-    from vild.model.outputs import Detections
-
-    boxes = resize_boxes(boxes, list(input_size), list(padded_size))
-    pasted = None
-    if masks is not None:
-        # torchvision's paste_masks_in_image, into one preallocated tensor: its list + stack
-        # holds every mask twice, and at image size a mask is 4 x H x W bytes
-        pasted = boxes.new_zeros(boxes.shape[0], *padded_size)
-        if boxes.shape[0]:
-            grown, scale = expand_masks(masks[:, None].float(), padding=1)
-            grown_boxes = expand_boxes(boxes, scale).to(dtype=torch.int64)
-            for k in range(boxes.shape[0]):
-                pasted[k] = paste_mask_in_image(grown[k, 0], grown_boxes[k], *padded_size)
-    h, w = image_size
-    if tuple(padded_size) != (h, w):  # padded thin image: crop back, drop boxes in the padding
-        boxes = boxes.clone()
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, labels, emb = boxes[keep], scores[keep], labels[keep], emb[keep]
-        img_emb = img_emb[keep] if img_emb is not None else None
-        pasted = pasted[keep][:, :h, :w] if pasted is not None else None
-    return Detections(
-        boxes=boxes.float().cpu(), scores=scores.float().cpu(), labels=labels.cpu(),
-        image_size=(int(h), int(w)),
-        masks=pasted.float().cpu() if pasted is not None else None,
-        embeddings=emb.float().cpu(),
-        image_embeddings=img_emb.float().cpu() if img_emb is not None else None,
-        class_names=tuple(names),
-    )
+def _class_names(vocab: Vocabulary, attrs: Vocabulary | None) -> tuple[str, ...]:
+    """Label names: the vocabulary's, or "attribute name" for every (name, attribute) pair."""
+    if attrs is None:
+        return tuple(vocab.names)
+    return tuple(f"{a} {v}" for v in vocab.names for a in attrs.names)
 
 
 def _check_post(threshold, max_detections) -> None:

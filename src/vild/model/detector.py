@@ -17,7 +17,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform, res
 from vild.model.backbone import build_backbone
 from vild.model.config import ViLDConfig
 from vild.model.outputs import DetectorOutput, Detections
-from vild.model.roi_heads import ViLDRoIHeads, select_detections
+from vild.model.postprocess import finish_detections, mask_limit, select_detections_batch, with_limits
+from vild.model.predict import precision_context
+from vild.model.roi_heads import ViLDRoIHeads
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class ViLDDetector(nn.Module):
         anchors = rpn.anchor_generator(image_list, feats)
         per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        objectness, deltas = objectness.float(), deltas.float()  # boxes stay fp32 under autocast
         decoded = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
         boxes, scores = rpn.filter_proposals(decoded, objectness, image_list.image_sizes, per_level)
         losses = {}
@@ -121,7 +124,8 @@ class ViLDDetector(nn.Module):
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
         return boxes, scores, losses
 
-    def _check_text(self, text_embeddings):
+    def check_text_embeddings(self, text_embeddings):
+        """[C, D] text embeddings checked against the model and moved to its device/dtype."""
         if text_embeddings is None:
             return None
         if text_embeddings.dim() != 2 or text_embeddings.shape[1] != self.config.embed_dim:
@@ -147,7 +151,7 @@ class ViLDDetector(nn.Module):
         """
         if self.training and targets is None:
             raise ValueError("training mode needs targets")
-        text_embeddings = self._check_text(text_embeddings)
+        text_embeddings = self.check_text_embeddings(text_embeddings)
         image_list, targets_t, original_sizes = self._preprocess(images, targets)
         features = self.backbone(image_list.tensors)
         proposals, proposal_scores, losses = self._propose(image_list, features, targets_t)
@@ -182,46 +186,67 @@ class ViLDDetector(nn.Module):
         return RegionBatch(features, list(sizes), list(original_sizes), regions)
 
     @torch.no_grad()
-    def regions(self, images: list[torch.Tensor]) -> "RegionBatch":
+    def regions(self, images: list[torch.Tensor], *, precision: str = "fp32") -> "RegionBatch":
         """Every proposal's refined box and embeddings, before classification (eval mode).
 
-        Other scoring methods (CLIP on crops, on-the-fly queries) classify these and finish with
-        `detect_from_probabilities`.
+        Scoring methods (`vild.model.methods`) classify these and `detect_from_probabilities`
+        finishes; `vild.model.predict` is the path that strings them together.
+        precision "bf16" runs the network under autocast (boxes stay fp32).
         """
-        image_list, _, original_sizes = self._preprocess(images, None)
-        features = self.backbone(image_list.tensors)
-        proposals, scores, _ = self._propose(image_list, features, None)
-        return self._region_batch(features, proposals, scores, image_list.image_sizes, original_sizes)
+        with precision_context(self.roi_heads.background.device, precision):
+            image_list, _, original_sizes = self._preprocess(images, None)
+            features = self.backbone(image_list.tensors)
+            proposals, scores, _ = self._propose(image_list, features, None)
+            return self._region_batch(features, proposals, scores, image_list.image_sizes, original_sizes)
 
-    def detect_from_probabilities(self, batch: "RegionBatch", probs: list[torch.Tensor]) -> list[Detections]:
-        """Per-class NMS over each image's regions scored by `probs` [P, C], then masks."""
-        picked = []
-        for r, p in zip(batch.regions, probs):
-            boxes_k, scores, labels, index = select_detections(r.boxes, p, self.config)
-            picked.append((boxes_k, scores, labels, r.embeddings[index],
-                           r.image_embeddings[index] if r.image_embeddings is not None else None))
-        masks = [None] * len(picked)
+    @torch.no_grad()
+    def detect_from_probabilities(
+        self,
+        batch: "RegionBatch",
+        probs: list[torch.Tensor],
+        *,
+        threshold: float | None = None,
+        max_detections: int | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
+        class_names=None,
+        output_device: str | torch.device | None = None,
+        precision: str = "fp32",
+        batched: bool | None = None,
+        max_mask_bytes: int | None = None,
+    ) -> list[Detections]:
+        """Each image's regions scored by `probs` [P, C] -> `Detections`: class-aware NMS
+        (`vild.model.postprocess`, batched on accelerators), masks, the one finish.
+
+        threshold / max_detections: default the config's; image_sizes: the images before
+        thin-image padding (default: the sizes the network was given); output_device: where
+        the detections go (None: the model's device); max_mask_bytes: each image keeps only
+        its best detections whose pasted masks fit in this many bytes (a warning says so),
+        decided before the mask head runs (None: no bound).
+        """
+        cfg = with_limits(self.config, threshold=threshold, max_detections=max_detections)
+        # NMS in fp32/fp64 even inside a caller's autocast (which would cast its boxes down)
+        with torch.autocast(self.roi_heads.background.device.type, enabled=False):
+            picks = select_detections_batch([r.boxes.float() for r in batch.regions],
+                                            [p.float() for p in probs], cfg, batched=batched)
+        if self.config.with_masks and max_mask_bytes is not None:
+            limits = [mask_limit(cfg.detections_per_image, size, max_mask_bytes) for size in batch.original_sizes]
+            picks = [tuple(t[:k] for t in p) for p, k in zip(picks, limits)]
+        masks = [None] * len(picks)
         if self.config.with_masks:
-            masks = self.roi_heads.predict_masks(batch.features, [p[0] for p in picked], batch.sizes)
+            with precision_context(self.roi_heads.background.device, precision):
+                masks = [m[:, 0] for m in self.roi_heads.predict_masks(
+                    batch.features, [p[0] for p in picks], batch.sizes)]
+        image_sizes = image_sizes or batch.original_sizes
         detections = []
-        for (boxes_k, scores, labels, emb, img_emb), m, size, orig in zip(
-            picked, masks, batch.sizes, batch.original_sizes
-        ):
-            result = {"boxes": boxes_k}
-            if m is not None:
-                result["masks"] = m
-            result = self.transform.postprocess([result], [size], [orig])[0]
-            detections.append(
-                Detections(
-                    boxes=result["boxes"],
-                    scores=scores,
-                    labels=labels,
-                    image_size=orig,
-                    masks=result["masks"][:, 0] if m is not None else None,
-                    embeddings=emb,
-                    image_embeddings=img_emb,
-                )
-            )
+        for i, ((boxes, scores, labels, index), m) in enumerate(zip(picks, masks)):
+            r = batch.regions[i]
+            detections.append(finish_detections(
+                boxes, scores, labels, m, r.embeddings[index],
+                r.image_embeddings[index] if r.image_embeddings is not None else None,
+                input_size=batch.sizes[i], padded_size=batch.original_sizes[i],
+                image_size=image_sizes[i], class_names=class_names, output_device=output_device,
+                batched=batched, max_mask_bytes=max_mask_bytes,
+            ))
         return detections
 
     @torch.no_grad()

@@ -23,7 +23,7 @@ class Detections:
     image_size: (H, W) of the original image
     class_names: label index -> name (e.g. "red star" with attributes), or None
 
-    Conversions at the edges (`vild.inference.convert`): `to_dict()`, `to_coco_results()`,
+    Conversions at the edges (`vild.model.convert`): `to_dict()`, `to_coco_results()`,
     `to_supervision()`.
     """
 
@@ -90,21 +90,21 @@ class Detections:
     # ------------------------------------------------------------ conversions (at the edges)
     def to_dict(self, *, mask_threshold: float = 0.5) -> dict:
         """Plain JSON-able dict: boxes (xyxy px), scores, labels, label_names, class_names,
-        image_size, masks as COCO compressed RLE (or None). See `vild.inference.convert`."""
-        from vild.inference.convert import detections_to_dict
+        image_size, masks as COCO compressed RLE (or None). See `vild.model.convert`."""
+        from vild.model.convert import detections_to_dict
 
         return detections_to_dict(self, mask_threshold=mask_threshold)
 
     def to_coco_results(self, image_id: int, category_ids=None, *, mask_threshold: float = 0.5) -> list[dict]:
         """COCO results (one dict per detection); `category_ids[label]` is the category id of
         label `label` (default label + 1)."""
-        from vild.inference.convert import detections_to_coco
+        from vild.model.convert import detections_to_coco
 
         return detections_to_coco(self, image_id, category_ids, mask_threshold=mask_threshold)
 
     def to_supervision(self, *, mask_threshold: float = 0.5):
         """A `supervision.Detections` (needs the optional extra: pip install 'vild[supervision]')."""
-        from vild.inference.convert import detections_to_supervision
+        from vild.model.convert import detections_to_supervision
 
         return detections_to_supervision(self, mask_threshold=mask_threshold)
 

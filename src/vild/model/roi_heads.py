@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
-from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, nms
-from torchvision.ops import remove_small_boxes
+from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image
 
 from vild.model.config import ViLDConfig
-from vild.model.heads import (
-    RegionEmbeddingHead,
-    ensemble_probabilities,
-    image_probabilities,
-    text_logits,
-)
+from vild.model.heads import RegionEmbeddingHead, text_logits
 from vild.model.losses import box_regression_loss, classification_loss, distillation_loss
 
 FEATURE_MAPS = ["0", "1", "2", "3"]
@@ -155,7 +148,7 @@ class ViLDRoIHeads(nn.Module):
         counts = [p.shape[0] for p in proposals]
         box_features = self.box_roi_pool(features, proposals, image_sizes)
         head_features, embeddings = self.text_head(box_features)
-        deltas = self.box_regressor(head_features)
+        deltas = self.box_regressor(head_features).float()  # bf16 boxes would be 4 px coarse at 1024
         boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)
         image_embeddings = self.image_head(box_features)[1] if self.image_head is not None else None
         outputs = []
@@ -171,19 +164,12 @@ class ViLDRoIHeads(nn.Module):
         text_embeddings: torch.Tensor,
         base_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """[P, D] region embeddings -> [P, C] category probabilities for this config's mode."""
-        cfg = self.config
-        if cfg.mode == "image":
-            return image_probabilities(embeddings, text_embeddings, cfg.image_temperature)
-        p_text = torch.softmax(
-            text_logits(embeddings, text_embeddings, self.background, cfg.temperature), dim=-1
-        )[:, 1:]
-        if cfg.mode != "ensemble":
-            return p_text
-        if base_mask is None:
-            base_mask = torch.zeros(text_embeddings.shape[0], dtype=torch.bool)
-        p_image = image_probabilities(image_embeddings, text_embeddings, cfg.image_temperature)
-        return ensemble_probabilities(p_text, p_image, base_mask.to(p_text.device), cfg.ensemble_lambda)
+        """[P, D] region embeddings -> [P, C] probabilities by this config's own method
+        (`vild.model.methods`, where every method is defined)."""
+        from vild.model.methods import method_probabilities, native_method
+
+        return method_probabilities(native_method(self.config.mode), self.config, self.background,
+                                    embeddings, image_embeddings, None, text_embeddings, base_mask)
 
     def predict_masks(self, features, boxes: list[torch.Tensor], image_sizes) -> list[torch.Tensor]:
         """Class-agnostic mask probabilities [K, 1, M, M] for each image's boxes."""
@@ -192,57 +178,4 @@ class ViLDRoIHeads(nn.Module):
             m = self.config.mask_output_size
             return [b.new_zeros(0, 1, m, m) for b in boxes]
         logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
-        return list(logits.sigmoid().split(counts))
-
-
-def select_detections(
-    boxes: torch.Tensor, probs: torch.Tensor, config: ViLDConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class NMS over class-agnostic boxes.
-
-    boxes [P, 4], probs [P, C] -> (boxes [K, 4], scores [K], labels [K], region index [K]),
-    K <= detections_per_image, sorted by score.
-
-    Built for large vocabularies (benchmarks/perf_inference.py: 20,000 categories): top-k
-    straight over the [P * C] scores (never every index above the threshold), and NMS only
-    for classes with two or more candidates, by a per-class loop when few classes have
-    several candidates and by one offset-coordinates NMS when many do (torchvision's
-    batched_nms loops over every class present beyond 1,000 CPU candidates).
-    """
-    num_regions, num_classes = probs.shape
-    scores = probs.reshape(-1)
-    if scores.numel() > config.pre_nms_topk:
-        idx = scores.topk(config.pre_nms_topk).indices
-        idx = idx[scores[idx] > config.score_thresh]
-    else:
-        idx = torch.where(scores > config.score_thresh)[0]
-    region, labels = idx // num_classes, idx % num_classes
-    small = remove_small_boxes(boxes[region], 1e-2)
-    idx, region, labels = idx[small], region[small], labels[small]
-    cand_scores, cand_boxes = scores[idx], boxes[region]
-    counts = torch.bincount(labels, minlength=num_classes)
-    multi = counts[labels] > 1
-    kept = [torch.where(~multi)[0]]
-    m = torch.where(multi)[0]
-    if m.numel():
-        classes = torch.unique(labels[m])
-        # measured on CPU: the loop costs ~0.35 ms per class, one NMS over n boxes ~3 ns x n^2
-        if classes.numel() * 120_000 < m.numel() ** 2:
-            for c in classes.tolist():
-                sel = m[labels[m] == c]
-                kept.append(sel[nms(cand_boxes[sel], cand_scores[sel], config.nms_thresh)])
-        else:
-            kept.append(m[batched_nms_offsets(cand_boxes[m], cand_scores[m], labels[m], config.nms_thresh)])
-    keep = torch.cat(kept)
-    keep = keep[cand_scores[keep].argsort(descending=True, stable=True)][: config.detections_per_image]
-    return cand_boxes[keep], cand_scores[keep], labels[keep], region[keep]
-
-
-def batched_nms_offsets(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                        iou_threshold: float) -> torch.Tensor:
-    """Per-class NMS in one call: boxes of different classes are shifted apart so they never
-    overlap (what torchvision's batched_nms does below 1,000 CPU candidates)."""
-    if boxes.numel() == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    offsets = labels.to(boxes) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+        return list(logits.float().sigmoid().split(counts))

@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the model (default: 1)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: the network under autocast (scores and post-processing in fp32)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_bytes / 2**20,
                    help="largest image file accepted (MiB)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest width x height accepted")
@@ -87,7 +89,7 @@ def run(args) -> int:
     if args.host not in LOOPBACK:
         print(f"vild serve: warning: binding to {args.host}: other machines can reach this server "
               "(it has no authentication)", file=sys.stderr)
-    detector = Detector.from_pretrained(args.model, device="cpu", method=args.method)
+    detector = Detector.from_pretrained(args.model, device="cpu", method=args.method, precision=args.precision)
     app = create_app(detector, config, threads=args.threads)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"vild serve: {detector.info().get('name', 'model')} on http://{shown}:{args.port}/ "

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 
 def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
     """[N, H, W] mask probabilities (or bools) -> COCO compressed RLE dicts
-    `{"size": [H, W], "counts": str}` (pycocotools' format, column-major)."""
-    from pycocotools import mask as mask_utils
+    `{"size": [H, W], "counts": str}`: `vild.model.convert.masks_to_rle`, the one encoder."""
+    from vild.model.convert import masks_to_rle
 
-    out = []
-    for mask in masks:  # one at a time: a uint8 copy of all of a big image's masks at once is GBs
-        binary = (mask.detach().float().cpu() >= threshold).numpy().astype(np.uint8)
-        r = mask_utils.encode(np.asfortranarray(binary[:, :, None]))[0]
-        out.append({"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")})
-    return out
+    return masks_to_rle(masks, threshold)  # one mask at a time: bounded memory on big images
 
 
 def encode_masks_shared(masks: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5,

@@ -1,10 +1,13 @@
-"""Scoring methods over a detector's regions: the model's own heads, or the teacher on crops.
+"""Scoring methods: region embeddings (and the teacher's crop embeddings) -> class
+probabilities, under the one set of names that `vild detect`, `vild eval`, the API and the
+service use.
 
-"native": the model's mode (ViLD-text, ViLD-image, ViLD, ViLD-ensemble).
-"clip": CLIP on cropped regions: the teacher embeds the 1x + 1.5x crops of the top
-        `num_crop_regions` proposals (by RPN objectness) and classifies them. Slow.
-"text+clip": ViLD-text's probabilities ensembled with CLIP's on the same regions, with the
-        ViLD-ensemble weighting (base: text^lambda * clip^(1-lambda), novel the reverse). Slow.
+    vild-text       the text head alone: cosine to text embeddings, softmax with the background
+    vild-image      the distillation head alone: softmax over the vocabulary (no background)
+    vild            one head trained with both losses
+    vild-ensemble   text head and distillation head, geometric weighting (lambda on base)
+    clip            the teacher on 1x + 1.5x crops of every region (slow)
+    vild-text+clip  the text head ensembled with CLIP on crops (slow)
 """
 
 from __future__ import annotations
@@ -12,60 +15,9 @@ from __future__ import annotations
 import torch
 
 from vild.model.heads import ensemble_probabilities, image_probabilities, text_logits
-from vild.model.outputs import Detections
 
-METHODS = ("native", "clip", "text+clip")
-SLOW_METHODS = ("clip", "text+clip")
-
-
-def teacher_logit_scale(teacher) -> float:
-    scale = getattr(teacher.model, "logit_scale", None)
-    return float(scale.exp().item()) if isinstance(scale, torch.Tensor) else 100.0
-
-
-@torch.no_grad()
-def detect_batch(
-    model,
-    images: list[torch.Tensor],
-    text_embeddings: torch.Tensor,
-    *,
-    base_mask: torch.Tensor | None = None,
-    method: str = "native",
-    teacher=None,
-    num_crop_regions: int = 300,
-) -> list[Detections]:
-    """images (list of [3, H, W] in 0..1) -> one `Detections` per image, by `method`."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "native":
-        return model(images, text_embeddings, base_mask=base_mask).detections
-    if teacher is None:
-        raise ValueError(f"method {method!r} needs the teacher")
-    text_embeddings = text_embeddings.float()
-    if base_mask is None:
-        base_mask = torch.zeros(text_embeddings.shape[0], dtype=torch.bool)
-    batch = model.regions(images)
-    scale = teacher_logit_scale(teacher)
-    probs = []
-    for i, (image, regions) in enumerate(zip(images, batch.regions)):
-        keep = regions.objectness.argsort(descending=True)[:num_crop_regions]
-        regions = regions.select(keep)
-        batch.regions[i] = regions
-        crops = teacher.encode_regions(image, batch.boxes_in_original(i)).to(text_embeddings.device)
-        p_clip = torch.softmax(scale * crops.float() @ text_embeddings.T, dim=-1)
-        if method == "clip":
-            probs.append(p_clip)
-            continue
-        cfg = model.config
-        logits = text_logits(regions.embeddings, text_embeddings, model.roi_heads.background, cfg.temperature)
-        p_text = torch.softmax(logits, dim=-1)[:, 1:]
-        probs.append(ensemble_probabilities(p_text, p_clip, base_mask, cfg.ensemble_lambda))
-    return model.detect_from_probabilities(batch, probs)
-
-
-# ---------------------------------------------------------------- user-facing method names
 #: Every scoring method by its paper name, in the order of the paper's table.
-USER_METHODS = ("vild-text", "vild-image", "vild", "vild-ensemble", "clip", "vild-text+clip")
+METHODS = ("vild-text", "vild-image", "vild", "vild-ensemble", "clip", "vild-text+clip")
 #: Methods that run the teacher's image tower on two crops of every region: slow.
 CROP_METHODS = ("clip", "vild-text+clip")
 DESCRIPTIONS = {
@@ -77,6 +29,8 @@ DESCRIPTIONS = {
     "vild-text+clip": "text head ensembled with CLIP on crops (slow: two teacher passes per region)",
 }
 _NATIVE = {"text": "vild-text", "image": "vild-image", "vild": "vild", "ensemble": "vild-ensemble"}
+#: Names of an earlier `vild eval` still accepted by the Python API (benchmark scripts).
+_OLD_NAMES = {"text+clip": "vild-text+clip"}
 
 
 def native_method(mode: str) -> str:
@@ -97,7 +51,27 @@ def methods_for_mode(mode: str, *, with_teacher: bool = True) -> tuple[str, ...]
         own.add("clip")
         if mode in ("text", "ensemble"):
             own.add("vild-text+clip")
-    return tuple(m for m in USER_METHODS if m in own)
+    return tuple(m for m in METHODS if m in own)
+
+
+def resolve_method(method: str | None, mode: str, *, with_teacher: bool = True) -> str:
+    """`method` checked against what a model of `mode` supports; None (or the old name
+    "native") is the model's own. Raises ValueError naming the choices."""
+    if method is None or method == "native":
+        return native_method(mode)
+    method = _OLD_NAMES.get(method, method)
+    allowed = methods_for_mode(mode, with_teacher=with_teacher)
+    if method not in allowed:
+        raise ValueError(
+            f"method {method!r} is not available for this model (mode {mode!r}"
+            f"{'' if with_teacher else ', no teacher'}): choose from {', '.join(allowed)}")
+    return method
+
+
+def teacher_logit_scale(teacher) -> float:
+    """The teacher's CLIP temperature (exp of its learned logit scale; 100 when it has none)."""
+    scale = getattr(getattr(teacher, "model", None), "logit_scale", None)
+    return float(scale.exp().item()) if isinstance(scale, torch.Tensor) else 100.0
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -112,23 +86,25 @@ def method_probabilities(
     image_embeddings: torch.Tensor | None,
     crop_embeddings: torch.Tensor | None,
     text_embeddings: torch.Tensor,
-    base_mask: torch.Tensor,
+    base_mask: torch.Tensor | None,
     *,
     clip_scale: float = 100.0,
     with_background: bool = True,
 ) -> torch.Tensor:
-    """[P, C] probabilities of `method` for P regions against C text embeddings.
+    """[P, C] fp32 probabilities of `method` for P regions against C text embeddings.
 
     embeddings [P, D]: the first (text) head's region embeddings; image_embeddings [P, D]:
     the ensemble's distillation head (None otherwise); crop_embeddings [P, D]: the teacher's
     1x + 1.5x crop embeddings (CLIP methods). base_mask [C] bool: categories labelled in
-    training (ensemble weighting). `with_background=False` scores a set that is not a
-    vocabulary of objects (attributes): the text head's softmax then runs over the set alone
-    and every entry counts as novel in the ensembles.
+    training (ensemble weighting; None = all novel). `with_background=False` scores a set
+    that is not a vocabulary of objects (attributes): the text head's softmax then runs over
+    the set alone and every entry counts as novel in the ensembles. Always fp32, whatever
+    precision the network ran in.
     """
     text_embeddings = text_embeddings.float()
-    if not with_background:
-        base_mask = torch.zeros_like(base_mask)
+    if base_mask is None or not with_background:
+        base_mask = torch.zeros(text_embeddings.shape[0], dtype=torch.bool)
+    base_mask = base_mask.to(text_embeddings.device)
 
     def p_text() -> torch.Tensor:
         if with_background:
@@ -157,4 +133,21 @@ def method_probabilities(
         return p_clip()
     if method == "vild-text+clip":
         return ensemble_probabilities(p_text(), p_clip(), base_mask, lam)
-    raise ValueError(f"method must be one of {USER_METHODS}, got {method!r}")
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def vocabulary_probabilities(
+    method: str, config, background, embeddings, image_embeddings, crop_embeddings,
+    text_embeddings: torch.Tensor, base_mask: torch.Tensor | None, *,
+    attribute_embeddings: torch.Tensor | None = None, clip_scale: float = 100.0,
+) -> torch.Tensor:
+    """`method_probabilities` over a vocabulary [C, D], optionally crossed with attributes
+    [A, D]: -> [P, C * A], Pr(name, attribute | region) = Pr(name | region) x
+    Pr(attribute | region), label c * A + a for (name c, attribute a)."""
+    args = (method, config, background, embeddings, image_embeddings, crop_embeddings)
+    p = method_probabilities(*args, text_embeddings, base_mask, clip_scale=clip_scale)
+    if attribute_embeddings is None:
+        return p
+    pa = method_probabilities(*args, attribute_embeddings, None, clip_scale=clip_scale,
+                              with_background=False)
+    return (p[:, :, None] * pa[:, None, :]).reshape(p.shape[0], -1)
