@@ -1,0 +1,83 @@
+"""Inference-time settings of trained ShapeWorld rows, swept without retraining.
+
+    .venv/bin/python benchmarks/distill_eval_sweep.py --world benchmarks/work/world \
+        --teacher benchmarks/work/teacher --rows benchmarks/work/shapeworld/seed0/{image,ensemble} \
+        --set image_temperature=50 --set image_temperature=teacher --out benchmarks/results/x.json
+
+Each `--set` is one evaluation of every row with those model settings replaced (`KEY=VALUE`
+pairs separated by commas; `teacher` stands for the teacher's own logit scale). Used to check
+how the distillation head's scores are calibrated: its softmax has no background, so its
+temperature decides how confidently every proposal, background included, is named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from vild.evaluation.run import evaluate_detector  # noqa: E402
+from vild.io import save_json  # noqa: E402
+from vild.teacher import Teacher  # noqa: E402
+from vild.training.checkpoint import load_model  # noqa: E402
+from vild.training.presets import parse_overrides  # noqa: E402
+from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
+
+
+def with_settings(model, settings: dict):
+    """The same weights under a config with `settings` replaced (post-processing, scoring)."""
+    config = dataclasses.replace(model.config, **settings)
+    model.config = config
+    model.roi_heads.config = config
+    return model
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--rows", type=Path, nargs="+", required=True, help="model folders")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE[,KEY=VALUE]")
+    p.add_argument("--val-images", type=int, default=250)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = world_paths(args.world)
+    vocab = dataset_vocabulary(paths["val"])
+    teacher = Teacher.load(str(args.teacher))
+    text = text_embeddings_for(teacher, vocab)
+    scale = float(teacher.model.logit_scale.exp())
+    base = torch.tensor(vocab["base"])
+    novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
+    result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+              "loadavg_start": os.getloadavg(), "teacher_logit_scale": scale, "runs": []}
+    for row in args.rows:
+        for spec in args.sets or [""]:
+            pairs = [s.replace("=teacher", f"={scale}") for s in spec.split(",") if s]
+            model_settings, _ = parse_overrides(pairs)
+            started = time.perf_counter()
+            model = with_settings(load_model(row), model_settings)
+            out = evaluate_detector(model, paths["val_images"], paths["val"], text, vocab["category_ids"],
+                                    base_mask=base, novel_category_ids=novel_ids, progress=False,
+                                    max_images=args.val_images)
+            segm = out["lvis"]["segm"]
+            entry = {"row": str(row), "settings": model_settings,
+                     **{k: round(segm[k], 2) for k in ("APr", "APc", "APf", "AP")},
+                     "seconds": round(time.perf_counter() - started, 1)}
+            result["runs"].append(entry)
+            print(entry, flush=True)
+            save_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
