@@ -111,6 +111,31 @@ def test_finish_crops_padding_and_hands_back():
     assert len(off) == 0
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_finish_keeps_the_best_detections_whose_masks_fit(batched, caplog):
+    """max_mask_bytes (issue 13's bound, kept in the one finish): fewer detections, the best
+    ones, a warning, and pasted masks within the bound, in both pasting branches."""
+    g = torch.Generator().manual_seed(3)
+    h, w, n = 90, 120, 12
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w - 40.0, h - 40.0])
+    boxes = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 20], dim=1)
+    masks, emb = _blob_masks(g, n), torch.randn(n, 8, generator=g)
+    scores, labels = torch.linspace(0.9, 0.1, n), torch.arange(n) % 3
+    args = dict(input_size=(h, w), padded_size=(h, w), image_size=(h, w), batched=batched)
+    full = finish_detections(boxes, scores, labels, masks, emb, None, **args)
+    with caplog.at_level("WARNING"):
+        capped = finish_detections(boxes, scores, labels, masks, emb, None, max_mask_bytes=5 * h * w * 4 + 7,
+                                   **args)
+    assert "lowered from 12 to 5" in caplog.text
+    assert len(capped) == 5 and capped.masks.numel() * 4 <= 5 * h * w * 4
+    assert torch.equal(capped.boxes, full.boxes[:5]) and torch.equal(capped.scores, full.scores[:5])
+    assert torch.equal(capped.masks, full.masks[:5]) and torch.equal(capped.embeddings, full.embeddings[:5])
+    # a bound that fits every mask changes nothing and says nothing
+    caplog.clear()
+    same = finish_detections(boxes, scores, labels, masks, emb, None, max_mask_bytes=n * h * w * 4, **args)
+    assert torch.equal(same.masks, full.masks) and "lowered" not in caplog.text
+
+
 def test_both_branches_give_the_same_detections_end_to_end():
     """The bundled model on its example images, one batch, the batched (accelerator) branch
     forced on CPU tensors against the per-image one: same boxes, labels and scores; masks

@@ -258,8 +258,11 @@ def finish_detections(
     pasted = None
     if masks is not None:
         # the kept masks pasted (with their unclamped boxes) at the padded size into one
-        # tensor, then cropped: a view, no second copy of the masks
-        pasted = paste_masks(masks, paste_boxes, tuple(padded_size), batched=batched)[:, :h, :w]
+        # tensor, then cropped: a view, no second copy of the masks. The batched branch's
+        # chunks (output + sampling grid) stay within the same bound as the masks.
+        chunk = PASTE_CHUNK_BYTES if max_mask_bytes is None else min(PASTE_CHUNK_BYTES, int(max_mask_bytes))
+        pasted = paste_masks(masks, paste_boxes, tuple(padded_size), batched=batched,
+                             chunk_bytes=chunk)[:, :h, :w]
 
     def out(t: torch.Tensor | None, dtype=torch.float32):
         if t is None:
