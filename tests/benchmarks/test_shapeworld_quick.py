@@ -46,7 +46,13 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    (tmp_path / "train_config.json").write_text(json.dumps({"steps": 600, "lr": 0.04, "batch_size": 8, "seed": 0}))
+    import dataclasses
+
+    # what train_detector records: the whole TrainConfig (clip_grad_norm and init_from included)
+    saved = TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0)
+    (tmp_path / "train_config.json").write_text(json.dumps(dataclasses.asdict(saved)))
     bench._check_same_schedule(tmp_path, TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0))
     with pytest.raises(SystemExit, match="steps=600"):
         bench._check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
+    with pytest.raises(SystemExit, match="clip_grad_norm"):
+        bench._check_same_schedule(tmp_path, dataclasses.replace(saved, clip_grad_norm=None))
