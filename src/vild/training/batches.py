@@ -6,7 +6,8 @@ A micro-batch is a pure function of (seed, step, micro-batch index): its images 
 `StepBatches` from the seed alone, augmented under the RNG seed `micro_seed(seed, step, j)`,
 and the RNG state the augmentation leaves behind travels with the batch, so the model's RoI
 sampling continues from exactly where it would have in a single process. Hence any number of
-loader workers, and a resume from any checkpoint, give the same weights bit for bit.
+loader workers, and a resume from any checkpoint, give the same weights bit for bit. Batches
+are built with one CPU thread in every process (resampling rounds differently with more).
 """
 
 from __future__ import annotations
@@ -146,9 +147,16 @@ class _MicroBatchSource(torch.utils.data.Dataset):
         step, micro = key
         size = self.plan.size
         indices = self.batches.indices(step)[micro * size:(micro + 1) * size]
-        # CPU generator only: seeding CUDA here would touch the GPU from a worker process
-        torch.default_generator.manual_seed(micro_seed(self.seed, step, micro))
-        images, targets = collate([self.dataset[i] for i in indices])
+        # one thread wherever it runs: resampling rounds differently with more threads, and
+        # loader workers have one
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            # CPU generator only: seeding CUDA here would touch the GPU from a worker process
+            torch.default_generator.manual_seed(micro_seed(self.seed, step, micro))
+            images, targets = collate([self.dataset[i] for i in indices])
+        finally:
+            torch.set_num_threads(threads)
         return MicroBatch(step, micro, images, targets, torch.get_rng_state())
 
 
