@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from vild.data.detection import DetectionDataset
-from vild.data.loading import default_workers, loader_options, resolve_workers
 from vild.data.transforms import TrainTransform
-from vild.errors import VildError
 from vild.training.batches import MicroPlan, StepBatches, micro_batch_loader
 from vild.training.loop import TrainData, train_detector
 from vild.training.presets import preset
@@ -59,17 +57,3 @@ def test_weights_do_not_depend_on_the_number_of_workers(tiny_world, tmp_path):
     b = train_detector(model_cfg, train_cfg, data, text, tmp_path / "b", progress=False, workers=2)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert [k for k in wa if not torch.equal(wa[k], wb[k])] == []
-
-
-def test_worker_count_defaults_and_checks(monkeypatch):
-    import vild.data.loading as loading
-
-    monkeypatch.setattr(loading, "available_cores", lambda: 2)
-    assert default_workers("cpu") == 0 and resolve_workers(None, "cpu") == 0
-    monkeypatch.setattr(loading, "available_cores", lambda: 16)
-    assert default_workers("cpu") == 4 and default_workers("cuda") == 8
-    assert resolve_workers(3, "cpu") == 3
-    with pytest.raises(VildError, match="--workers"):
-        resolve_workers(-1)
-    assert loader_options(0, "cpu")["pin_memory"] is False and "prefetch_factor" not in loader_options(0, "cpu")
-    assert loader_options(2, "cuda")["pin_memory"] is True and loader_options(2, "cuda", prefetch=3)["prefetch_factor"] == 3
