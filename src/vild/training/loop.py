@@ -7,7 +7,9 @@ is augmented and RoI-sampled under the seed (seed, s, j) wherever it runs; rank 
 micro-batches r * A .. r * A + A - 1 (A = accumulation steps per rank), each loss divided by
 A, and DDP averages the gradients over ranks: the step's gradient is the mean of the
 micro-batches' gradients, whatever the number of processes. BatchNorm running statistics
-move, once per step, by the mean of what each micro-batch would have moved them.
+move, once per step, by the mean of what each micro-batch would have moved them. Micro-batches
+are built ahead of the model by `--workers` loader processes (`vild.training.batches`); losses
+are read back, and checked for non-finite values, only at log intervals and checkpoints.
 """
 
 from __future__ import annotations
