@@ -34,6 +34,7 @@ def _batches(world, workers: int, micro_batch_size: int | None = None) -> list:
 
 @pytest.mark.parametrize("micro_batch_size", [None, 1])
 def test_workers_build_the_same_micro_batches_in_order(tiny_world, micro_batch_size):
+    """Run with the suite's 2 threads: batches are built with one in every process."""
     here, there = _batches(tiny_world, 0, micro_batch_size), _batches(tiny_world, 2, micro_batch_size)
     per_step = 1 if micro_batch_size is None else 2
     assert [(b.step, b.micro) for b in here] == [(s, j) for s in range(1, 4) for j in range(per_step)]
@@ -47,6 +48,7 @@ def test_workers_build_the_same_micro_batches_in_order(tiny_world, micro_batch_s
 
 
 def test_weights_do_not_depend_on_the_number_of_workers(tiny_world, tmp_path):
+    torch.set_num_threads(1)  # 2 threads crawl on shared cores (README: CPU threads)
     model_cfg, train_cfg = _config(micro_batch_size=1, steps=3)
     paths = world_paths(tiny_world)
     vocab = dataset_vocabulary(paths["train_base"])

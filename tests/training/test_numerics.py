@@ -74,13 +74,14 @@ def _losses(folder) -> list[float]:
 
 
 def test_bf16_steps_give_finite_falling_losses(tiny_world, tmp_path):
-    settings = dict(steps=12, warmup_steps=2, log_every=1, checkpoint_every=100, decay_at=(1.0,))
+    torch.set_num_threads(1)  # 2 threads crawl on shared cores (README: CPU threads)
+    settings = dict(steps=8, warmup_steps=2, log_every=1, checkpoint_every=100, decay_at=(1.0,))
     model_cfg, bf16, data, text = _setup(tiny_world, precision="bf16", **settings)
     _, fp32, _, _ = _setup(tiny_world, **settings)
     low = _losses(train_detector(model_cfg, bf16, data, text, tmp_path / "bf16", progress=False))
     full = _losses(train_detector(model_cfg, fp32, data, text, tmp_path / "fp32", progress=False))
-    assert len(low) == 12 and all(torch.isfinite(torch.tensor(low)))
-    assert sum(low[-3:]) / 3 < 0.5 * sum(low[:2]) / 2  # measured: ~48 -> ~5
+    assert len(low) == 8 and all(torch.isfinite(torch.tensor(low)))
+    assert sum(low[-3:]) / 3 < 0.5 * sum(low[:2]) / 2  # measured: ~48 -> ~8
     assert low != full  # autocast did change the arithmetic
     # and stays close to fp32 training on the same batches (bf16 keeps ~3 significant digits)
     assert abs(low[0] - full[0]) <= 0.02 * abs(full[0])

@@ -168,11 +168,13 @@ def micro_batch_loader(dataset: DetectionDataset, batches: StepBatches, plan: Mi
                        rank: int, start: int, end: int, workers: int,
                        device: torch.device | None) -> torch.utils.data.DataLoader:
     """The micro-batches this rank runs for steps start .. end - 1, in order, built by
-    `workers` processes (0 = in this process) at most one step's worth ahead per worker.
+    `workers` processes (0 = in this process). Together the workers keep at least one step's
+    micro-batches ready (each at least 2), and no more: big images fill shared memory fast.
     One pass covers the whole run, so the workers live as long as it (what
     persistent_workers gives a multi-epoch loader)."""
     keys = [(step, j) for step in range(start, end) for j in plan.micro_batches(rank)]
+    prefetch = max(2, -(-plan.per_rank // max(workers, 1)))
     return torch.utils.data.DataLoader(
         _MicroBatchSource(dataset, batches, plan, seed), sampler=keys, batch_size=None,
-        collate_fn=_as_is, **loader_options(workers, device, prefetch=max(2, plan.per_rank)),
+        collate_fn=_as_is, **loader_options(workers, device, prefetch=prefetch),
     )
