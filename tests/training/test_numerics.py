@@ -18,6 +18,7 @@ from vild.training.vocabulary import dataset_vocabulary, world_paths
 
 
 def _setup(world, **train):
+    torch.set_num_threads(1)  # 2 threads crawl on shared cores (README: CPU threads)
     paths = world_paths(world)
     vocab = dataset_vocabulary(paths["train_base"])
     ids = tuple(c for c, b in zip(vocab["category_ids"], vocab["base"]) if b)
@@ -74,7 +75,6 @@ def _losses(folder) -> list[float]:
 
 
 def test_bf16_steps_give_finite_falling_losses(tiny_world, tmp_path):
-    torch.set_num_threads(1)  # 2 threads crawl on shared cores (README: CPU threads)
     settings = dict(steps=8, warmup_steps=2, log_every=1, checkpoint_every=100, decay_at=(1.0,))
     model_cfg, bf16, data, text = _setup(tiny_world, precision="bf16", **settings)
     _, fp32, _, _ = _setup(tiny_world, **settings)
