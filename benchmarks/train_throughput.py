@@ -9,7 +9,7 @@ Generates a small world (or takes --world), trains the shared-trunk detector of
 benchmarks/shapeworld.py (mode text, fixed random class prototypes, no teacher) for
 --steps steps per worker count, in rounds that alternate the worker counts (the machine may be
 shared), and times steps --skip .. --steps from the loop's own log (start-up and the first
-steps excluded). --baseline-src adds, to every round, a run of another checkout's sources
+steps excluded); on CUDA also the mean GPU utilisation over each run. --baseline-src adds, to every round, a run of another checkout's sources
 (in a subprocess; its loop loads batches in the training process whatever it supports).
 Writes benchmarks/results/train_throughput_<device>.json with the load average before and after.
 """
@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,38 @@ def steps_per_second(metrics: Path, batch_size: int, skip: int) -> float:
     return (last - first) / (elapsed[last] - elapsed[first])
 
 
+class UtilisationSampler:
+    """Mean GPU utilisation (%, NVML via torch.cuda.utilization) while a run trains; None on
+    CPU or where NVML is missing."""
+
+    def __init__(self, device: torch.device, every_s: float = 0.25) -> None:
+        self.device, self.every_s, self.samples = device, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.samples.append(float(torch.cuda.utilization(self.device)))
+            except Exception:  # no pynvml / NVML: report None rather than fail the benchmark
+                self.samples = []
+                return
+
+    def __enter__(self) -> "UtilisationSampler":
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.samples), 1) if self.samples else None
+
+
 def one_run(world: Path, out: Path, *, workers: int, steps: int, skip: int, device, seed: int) -> dict:
     paths = world_paths(world)
     vocab = dataset_vocabulary(paths["train_base"])
@@ -64,11 +97,12 @@ def one_run(world: Path, out: Path, *, workers: int, steps: int, skip: int, devi
     data = TrainData(str(paths["train_images"]), str(paths["train_base"]), ids)
     loader = {"workers": workers} if "workers" in inspect.signature(train_detector).parameters else {}
     started = time.perf_counter()
-    train_detector(model_cfg, train_cfg, data, prototypes, out, progress=False, device=device, **loader)
+    with UtilisationSampler(device) as gpu:
+        train_detector(model_cfg, train_cfg, data, prototypes, out, progress=False, device=device, **loader)
     wall = time.perf_counter() - started
     rate = steps_per_second(out / "metrics.jsonl", train_cfg.batch_size, skip)
     return {"workers": workers if loader else "baseline", "steps_per_s": round(rate, 3),
-            "wall_s_with_startup": round(wall, 1)}
+            "wall_s_with_startup": round(wall, 1), "gpu_utilisation_pct": gpu.mean}
 
 
 def baseline_run(src: Path, world: Path, out: Path, args, seed: int) -> dict:
