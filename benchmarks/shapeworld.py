@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/shapeworld.py --threads 2  # default: world, teacher, 3 seeds
     .venv/bin/python benchmarks/shapeworld.py --quick      # plumbing only, minutes
     .venv/bin/python benchmarks/shapeworld.py --seeds 1
+    .venv/bin/python benchmarks/shapeworld.py --device cuda   # teacher, trunks, store, rows on the GPU
 
 On 2 quiet CPU cores the defaults take about 20 min for each of the two trunks (4000 steps),
 6 min for the region store, then about 16 min per seed (five rows of 1000 steps, seven
@@ -17,7 +18,9 @@ region-embedding heads: ViLD-text, ViLD-image, ViLD, ViLD-ensemble. The supervis
 base+novel baseline (RFS) starts instead from a twin trunk trained on base+novel labels, whose
 RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on
 cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
-scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}.
+scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
+the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store
+and rows; evaluations stay on the CPU until vild.evaluation takes a device (issue 16).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
 from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
+from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
 from vild.training.presets import parse_overrides, preset  # noqa: E402
 from vild.training.vocabulary import (  # noqa: E402
@@ -74,17 +79,17 @@ def ensure_world(path: Path, quick: bool, progress: bool = True) -> None:
     from vild.data.world import make_world
 
     log(f"generating world in {path}")
-    make_world(path, **(QUICK_WORLD if quick else {}), progress=progress)
+    make_world(path, **(QUICK_WORLD if quick else {}), progress=progress, workers=available_cores())
 
 
-def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool = True) -> None:
+def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool = True, device: str = "cpu") -> None:
     if (path / "open_clip_config.json").is_file():
         return
     from vild.teacher.train import TeacherTrainConfig, train_teacher
 
     log(f"training the teacher into {path}")
     cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2, pretrain_steps=2) if quick else TeacherTrainConfig()
-    train_teacher(world, path, cfg, progress=progress)
+    train_teacher(world, path, cfg, progress=progress, device=device)
 
 
 def row_metrics(result: dict) -> dict:
@@ -130,7 +135,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     started = time.perf_counter()
     train_detector(model_cfg, train_cfg, data, text[subset(vocab, ids)], out,
                    vocabulary=saved_vocab, all_text_embeddings=text, resume=True,
-                   progress=args.progress)
+                   progress=args.progress, device=args.device)
     if timings is not None:
         timings[f"train_{out.name}_s"] = time.perf_counter() - started
     return out
@@ -159,15 +164,16 @@ def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings
     started = time.perf_counter()
     embed_regions(
         DetectionDataset(paths["train_images"], paths["train_base"], with_masks=False),
-        load_model(rpn_dir).propose, teacher, store, num_proposals=args.num_proposals,
-        progress=args.progress,
+        load_model(rpn_dir, device=str(args.device)).propose, teacher, store,
+        num_proposals=args.num_proposals, progress=args.progress, num_workers=resolve_workers(None, args.device),
+        device=None if args.device.type == "cpu" else args.device,
     )
     timings["embed_regions_s"] = time.perf_counter() - started
     return store
 
 
 def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
-             shared: dict) -> dict:
+             shared: dict, eval_teacher) -> dict:
     paths = world_paths(world)
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     base_mask = torch.tensor(vocab["base"])
@@ -194,7 +200,7 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
         result = evaluate_detector(
             load_model(model_dir), paths["val_images"], paths["val"], text, vocab["category_ids"],
-            base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=teacher,
+            base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=eval_teacher,
             progress=args.progress, max_images=args.val_images, num_crop_regions=args.crop_regions,
         )
         return row_metrics(result)
@@ -308,11 +314,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny world and schedules (plumbing only)")
     parser.add_argument("--fresh", action="store_true", help="retrain rows even if their models exist")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (the GPU if any): "
+                        "where the teacher, trunks, region store and rows train")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.row_overrides = parse_overrides(args.row_set)
+    args.device = resolve_device(args.device)
     if args.quick:  # plumbing only: the preset's few steps, a few val images
         args.trunk_steps = args.row_steps = 0
     args.trunk_steps = args.trunk_steps or None
@@ -325,7 +334,10 @@ def main() -> int:
     args.work = args.work or ROOT / f"benchmarks/work/shapeworld{suffix}"
     if args.fresh and args.work.exists():
         shutil.rmtree(args.work)
+    stages: dict[str, float] = {}  # wall seconds of each stage (near 0: reused from disk)
+    mark = time.perf_counter()
     ensure_world(args.world, args.quick, args.progress)
+    stages["world"], mark = time.perf_counter() - mark, time.perf_counter()
     vocab = dataset_vocabulary(world_paths(args.world)["val"])
     shared, shared_timings = {}, {}
     if args.protocol == "trunk":
@@ -345,24 +357,35 @@ def main() -> int:
             shared["trunk_all"] = train_row(args.work / "trunk-all", "text", seed=1000, args=args,
                                             world=args.world, vocab=vocab, text=prototypes,
                                             supervised=True, steps=args.trunk_steps, timings=shared_timings)
-    ensure_teacher(args.teacher, args.world, args.quick, args.progress)
+        stages["trunks"], mark = time.perf_counter() - mark, time.perf_counter()
+    ensure_teacher(args.teacher, args.world, args.quick, args.progress, device=str(args.device))
+    stages["teacher"], mark = time.perf_counter() - mark, time.perf_counter()
 
     from vild.teacher import Teacher
 
-    teacher = Teacher.load(str(args.teacher))
+    teacher = Teacher.load(str(args.teacher), device=args.device)
+    eval_teacher = teacher if args.device.type == "cpu" else Teacher.load(str(args.teacher))
     text = text_embeddings_for(teacher, vocab)
+    stages["text_embeddings"], mark = time.perf_counter() - mark, time.perf_counter()
     if args.protocol == "trunk":
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)
+        stages["region_store"], mark = time.perf_counter() - mark, time.perf_counter()
     per_seed = []
     for seed in range(args.seeds):
-        per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared))
+        per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared, eval_teacher))
+        stages[f"seed{seed}"], mark = time.perf_counter() - mark, time.perf_counter()
+    stages["total"] = time.perf_counter() - started
     summary = aggregate(per_seed)
     model_cfg, train_cfg = preset("shapeworld-quick" if args.quick else "shapeworld")
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}",
         "threads": args.threads,
+        "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
+                   else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
+        "eval_device": "cpu",
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seeds": args.seeds,
         "quick": args.quick,
         "command": "python benchmarks/shapeworld.py " + " ".join(sys.argv[1:]),

@@ -19,6 +19,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         "--world", str(tmp_path / "world"), "--teacher", str(tmp_path / "teacher"),
         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--no-progress",
         "--threads", "1",  # robust on a shared machine (see benchmarks/cpu_threads.py)
+        "--device", "cpu",
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -32,6 +33,12 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         assert {"APr", "APc", "APf", "AP", "box_AP", "ms_per_image"} <= set(row)
         assert row["ms_per_image"]["mean"] > 0
     assert set(data["summary"]["rpn_recall_novel"]) == {"base", "base+novel"}
+    meta = data["meta"]
+    assert meta["device"].startswith("cpu")
+    stages = meta["stage_seconds"]
+    assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
+    parts = sum(v for k, v in stages.items() if k != "total")
+    assert 0 < parts <= stages["total"] + 0.5  # rounded to 0.1 s each
     table = (tmp_path / "results" / "shapeworld_quick.md").read_text()
     assert "ViLD-ensemble" in table and "AR_r@100" in table
 

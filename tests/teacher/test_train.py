@@ -92,3 +92,33 @@ def test_bad_settings_and_outputs(tiny_world, tmp_path):
     (foreign / "keep.txt").write_text("x")
     with pytest.raises(VildError, match="not a teacher folder"):
         train_teacher(tiny_world, foreign, FAST, model_cfg=tiny_cfg(), log=None)
+
+
+def test_a_worker_process_draws_the_same_batches(tiny_world, tmp_path):
+    """Every random branch of the stream on (colour dropout, subsampling, hue): the worker
+    continues the same generators, so the teacher is the same."""
+    cfg = TeacherTrainConfig(steps=6, batch_size=8, warmup_steps=1, precision="fp32", threads=1, pretrain_steps=2,
+                             colour_dropout=0.5, hue_augment=0.5, subsample_captions=0.5, eval_every=0)
+    a = train_teacher(tiny_world, tmp_path / "a", cfg, model_cfg=tiny_cfg(), progress=False, log=None, workers=0)
+    b = train_teacher(tiny_world, tmp_path / "b", cfg, model_cfg=tiny_cfg(), progress=False, log=None, workers=1)
+    assert a["identity"] == b["identity"] and a["loss_last"] == b["loss_last"]
+    with pytest.raises(VildError, match="0 or 1"):
+        train_teacher(tiny_world, tmp_path / "c", cfg, model_cfg=tiny_cfg(), progress=False, log=None, workers=2)
+
+
+def test_a_non_finite_loss_stops_training_at_the_next_read_back(tiny_world, tmp_path, monkeypatch):
+    import open_clip.loss
+
+    class NanOnThirdCall(open_clip.loss.ClipLoss):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            NanOnThirdCall.calls += 1
+            out = super().forward(*args, **kwargs)
+            return out * float("nan") if NanOnThirdCall.calls == 3 else out
+
+    monkeypatch.setattr(open_clip.loss, "ClipLoss", NanOnThirdCall)
+    cfg = TeacherTrainConfig(steps=8, batch_size=8, warmup_steps=1, threads=1, pretrain_steps=0, eval_every=0)
+    with pytest.raises(VildError, match="diverged by step 5"):  # losses are read back every 5 steps
+        train_teacher(tiny_world, tmp_path / "t", cfg, model_cfg=tiny_cfg(), progress=False, log=None, workers=0)
+    assert not (tmp_path / "t").exists()

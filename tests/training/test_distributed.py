@@ -36,7 +36,8 @@ def metrics(folder):
 def test_two_gloo_processes_match_one_process(tiny_world, tiny_teacher_dir, single_run):
     root, single = single_run
     out = root / "two"
-    proc = run_vild(train_args(tiny_world, tiny_teacher_dir, out), root / "cache", nproc=2)
+    # each rank with a loader worker; the single process loads in its main process
+    proc = run_vild(train_args(tiny_world, tiny_teacher_dir, out, "--workers", "1"), root / "cache", nproc=2)
     assert proc.stdout.count("model written to") == 1  # rank 0 alone reports
     a, b = load_file(str(single / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -67,7 +68,7 @@ def test_embed_regions_two_ranks_equal_one(tiny_world, tiny_teacher_dir, single_
               "--world", str(tiny_world), "--shard-size", "2", "--batch-size", "1",
               "--num-proposals", "20", "--threads", "1", "--device", "cpu", "--no-progress"]
     run_vild([*common, "--out", str(root / "regions1")], root / "cache")
-    proc = run_vild([*common, "--out", str(root / "regions2")], root / "cache", nproc=2)
+    proc = run_vild([*common, "--workers", "1", "--out", str(root / "regions2")], root / "cache", nproc=2)
     assert proc.stdout.count("images embedded") == 1
     one, two = root / "regions1", root / "regions2"
     assert json.loads((one / "manifest.json").read_text()) == json.loads((two / "manifest.json").read_text())

@@ -1,5 +1,5 @@
 """Checkpoints are atomic and complete: a run SIGKILLed mid-way and resumed ends with the
-same weights, bit for bit, as an uninterrupted run."""
+same weights, bit for bit, as an uninterrupted run, whatever the number of loader workers."""
 
 from __future__ import annotations
 
@@ -53,12 +53,18 @@ def logged_steps(folder) -> list[int]:
     return steps
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_world, tiny_teacher_dir, tmp_path):
+@pytest.mark.parametrize("killed_workers,resumed_workers", [(None, None), ("2", "1")])
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_world, tiny_teacher_dir, tmp_path,
+                                                        killed_workers, resumed_workers):
+    """The uninterrupted run loads in the main process (the default on <= 2 cores); the killed
+    one, in the second case, with 2 loader workers and its resume with 1."""
     cache = tmp_path / "cache"
     full, killed = tmp_path / "full", tmp_path / "killed"
-    run_vild(train_args(tiny_world, tiny_teacher_dir, full), cache)
+    run_vild(train_args(tiny_world, tiny_teacher_dir, full, "--workers", "0"), cache)
+    killed_extra = ("--workers", killed_workers) if killed_workers else ()
+    resumed_extra = ("--workers", resumed_workers) if resumed_workers else ()
 
-    proc = subprocess.Popen(vild_command(train_args(tiny_world, tiny_teacher_dir, killed)),
+    proc = subprocess.Popen(vild_command(train_args(tiny_world, tiny_teacher_dir, killed, *killed_extra)),
                             env=cli_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     try:
@@ -77,7 +83,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_world, tiny_teacher
     assert meta["sampler"]["kind"] == "shuffle" and meta["sampler"]["next_step"] == meta["step"]
     assert meta["scheduler"]["next_lr"] > 0 and "python_rng" in meta and "numpy_rng" in meta
 
-    run_vild(train_args(tiny_world, tiny_teacher_dir, killed, "--resume"), cache)
+    run_vild(train_args(tiny_world, tiny_teacher_dir, killed, "--resume", *resumed_extra), cache)
     a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N or auto (this rank's GPU if any, else CPU)")
+    p.add_argument("--workers", type=int,
+                   help="loader processes that read the next images while the model runs (default: "
+                   "0 on a machine of <= 2 cores, else one per spare core, at most 4 on CPU, 8 on GPU)")
     p.add_argument("--restart", action="store_true", help="discard an existing store instead of resuming")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, help="store folder")
@@ -41,6 +44,7 @@ def _run(args, device, info) -> int:
     import torch
 
     from vild.data.detection import DetectionDataset
+    from vild.data.loading import resolve_workers
     from vild.regions.embed import embed_regions
     from vild.teacher import Teacher
     from vild.training.checkpoint import MODEL_WEIGHTS, load_model
@@ -66,6 +70,7 @@ def _run(args, device, info) -> int:
         progress=not args.no_progress,
         metadata={"rpn_model": sha256_file(f"{args.model}/{MODEL_WEIGHTS}")[:16]},
         device=None if device.type == "cpu" else device,
+        num_workers=resolve_workers(args.workers, device),
     )
     if info.is_main:
         print(f"{len(store)} images embedded in {args.out}")

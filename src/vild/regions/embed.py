@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vild.data.loading import loader_options
 from vild.errors import VildError
 from vild.io import atomic_write_bytes, load_json, save_json
 from vild.regions.store import (
@@ -227,7 +228,7 @@ def embed_regions(
     resuming; so must the teacher identity, num_proposals, shard_size and the image list.
     `resume=False` discards whatever store is in `out_dir`. Images are processed in order,
     `batch_size` at a time through the proposer (images moved to `device` when given),
-    read by `num_workers` DataLoader workers. Returns the finished `RegionStore`.
+    read by `num_workers` DataLoader workers (pinned memory when `device` is CUDA). Returns the finished `RegionStore`.
     Under an initialised `torch.distributed` group every rank must call this with the same
     arguments; each embeds its share of the shards (see the module docstring).
     """
@@ -347,7 +348,8 @@ def embed_regions(
     try:
         if pending:
             loader = torch.utils.data.DataLoader(
-                source, batch_sampler=batches, collate_fn=_collate_list, num_workers=num_workers,
+                source, batch_sampler=batches, collate_fn=_collate_list,
+                **loader_options(num_workers, device, prefetch=2),
             )
             _run_batches(
                 loader, proposer, teacher, out_dir,
@@ -490,7 +492,7 @@ def _run_batches(loader, proposer, teacher, out_dir: Path, *, image_ids, shard_s
         with torch.no_grad():
             for batch in loader:
                 indices = [int(i) for i, _ in batch]
-                images = [img if device is None else img.to(device) for _, img in batch]
+                images = [img if device is None else img.to(device, non_blocking=True) for _, img in batch]
                 proposals = list(proposer(images))
                 if len(proposals) != len(images):
                     raise VildError(

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                    help=f"autocast precision of the forward pass (default: {d.precision}; bf16 is slower "
                         "for this small CNN on CPU)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--workers", type=int, choices=(0, 1), default=None,
+                   help="1: draw the next batches in a worker process while the model runs "
+                        "(default: 0 on a machine of <= 2 cores, else 1); the teacher is the same")
     p.add_argument("--overwrite", action="store_true", help="replace an existing teacher folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -71,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
     }
     config = dataclasses.replace(TeacherTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     train_teacher(args.world, out, config, device=args.device, progress=not args.quiet,
-                  log=None if args.quiet else print)
+                  log=None if args.quiet else print, workers=args.workers)
     return 0

@@ -114,7 +114,7 @@ def pretrain_image_tower(
     params = [p for p in visual.parameters() if p.requires_grad] + list(head.parameters())
     opt = adamw(params, device, lr=lr, weight_decay=weight_decay)
     visual.train()
-    losses: list[float] = []
+    losses: list = []  # device tensors until the end
     batch = min(batch_size, len(usable))
     order = usable[torch.randperm(len(usable), generator=generator)]
     pos = 0
@@ -141,12 +141,13 @@ def pretrain_image_tower(
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(value.item())
+            losses.append(value.detach())  # read back every 5 steps, not every step
             bar.update(1)
             if step % 5 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+                bar.set_postfix(loss=f"{float(losses[-1]):.3f}", refresh=False)
     finally:
         bar.close()
+    losses = torch.stack(losses).tolist() if losses else []
     summary = {"vocabulary_size": vocabulary_size,
                "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
                "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4)}

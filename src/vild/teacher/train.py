@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vild.data.loading import default_workers, resolve_workers
 from vild.errors import VildError
 from vild.teacher.config import TeacherTrainConfig
 from vild.teacher.crops import crop_and_resize
@@ -252,10 +253,13 @@ def train_teacher(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    workers: int | None = None,
 ) -> dict:
     """Train the teacher on `world_dir`'s web corpus and save it to `out_dir`; returns a summary.
 
     model_cfg: open_clip model config (None -> the packaged `vild-shapeworld-clip`).
+    workers: 1 draws the contrastive batches in a worker process ahead of the model, 0 here
+    (None: 0 on a machine of <= 2 cores, else 1); the teacher is the same either way.
     The output folder appears only when training has finished (atomic write).
     """
     _check_config(config)
@@ -264,16 +268,19 @@ def train_teacher(
         torch.set_num_threads(int(config.threads))
     try:
         return _train(world_dir, out_dir, config, model_cfg=model_cfg, device=device,
-                      progress=progress, log=log)
+                      progress=progress, log=log,
+                      workers=min(1, default_workers(device)) if workers is None else resolve_workers(workers))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device, progress, log) -> dict:
+def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device, progress, log,
+           workers) -> dict:
     from open_clip.loss import ClipLoss
     from tqdm.auto import tqdm
 
     from vild.teacher.arch import create_clip
+    from vild.teacher.batches import ContrastiveBatches, batch_stream
     from vild.teacher.pretrain import adamw
     from vild.teacher.teacher import Teacher, save_teacher_folder
     from vild.text.encode import encode_text_trimmed, inspect_text_tower
@@ -321,9 +328,11 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     # channels-last convolutions are ~1.3x faster on CPU; the weights are saved contiguous
     model.visual.to(memory_format=torch.channels_last)
 
+    def augmented(imgs: torch.Tensor, hue_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return augment(imgs, config, gen, mean=mean_t, std=std_t, out_size=image_size, hue_mask=hue_mask)
+
     def image_batch(imgs: torch.Tensor, hue_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = augment(imgs, config, gen, mean=mean_t, std=std_t, out_size=image_size, hue_mask=hue_mask)
-        return x.to(device).contiguous(memory_format=torch.channels_last)
+        return augmented(imgs, hue_mask).to(device).contiguous(memory_format=torch.channels_last)
 
     pretrain_summary = None
     pretrain_start = time.perf_counter()
@@ -381,33 +390,24 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     curve: list[dict] = []
     probe = _held_out_probe(world_dir, n_images=480) if config.eval_every > 0 else None
     losses: list[float] = []  # contrastive part only, comparable with and without the word loss
-    word_losses: list[float] = []
+    word_losses: list = []  # device tensors until the end
     ema = None
     start = time.perf_counter()
-    order = torch.randperm(n, generator=gen)
-    pos = 0
+    batches = batch_stream(ContrastiveBatches(
+        images=corpus.images, captions=corpus.captions, tokens=tokens, tokens_plain=tokens_plain,
+        stripped=stripped, names_colour=names_colour, tokenizer=tokenizer, config=config, generator=gen,
+        subsample=lambda c: subsample_words(c, freq, config.subsample_threshold, text_rng),
+        augment=augmented, batch=batch, total=total,
+    ), workers=workers, device=device)
+    pending: list[torch.Tensor] = []  # losses not yet read back: one host sync per log interval
+    failed = torch.zeros((), dtype=torch.bool, device=device)
     bar = tqdm(total=total, desc="train-teacher", unit="step", disable=not progress, mininterval=1.0,
                dynamic_ncols=True)
     try:
         for step in range(total):
-            if pos + batch > n:
-                order = torch.randperm(n, generator=gen)
-                pos = 0
-            idx = order[pos:pos + batch]
-            pos += batch
-            drop = (torch.rand(len(idx), generator=gen) < config.colour_dropout) & names_colour[idx]
-            t = torch.where(drop.view(-1, 1), tokens_plain[idx], tokens[idx])
-            if config.subsample_captions > 0:
-                sub = (torch.rand(len(idx), generator=gen) < config.subsample_captions).tolist()
-                rows = [j for j, flag in enumerate(sub) if flag]
-                if rows:
-                    texts = [stripped[int(idx[j])][0] if drop[j] else corpus.captions[int(idx[j])] for j in rows]
-                    t = t.clone()
-                    t[rows] = tokenizer([subsample_words(c, freq, config.subsample_threshold, text_rng)
-                                         for c in texts])
-            t = t.to(device)
-            hue = (drop | ~names_colour[idx]) & (torch.rand(len(idx), generator=gen) < config.hue_augment)
-            x = image_batch(corpus.images[idx], hue)
+            idx, x, t = next(batches)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            t = t.to(device, non_blocking=True)
             lr = _lr_at(step, total, config)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -421,10 +421,8 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
                 target = word_targets_all[idx].to(device)
                 word_loss = F.cross_entropy(word_head(image_embeddings), target)  # probability targets
                 loss = contrastive + config.word_loss_weight * word_loss
-                word_losses.append(word_loss.item())
-            if not torch.isfinite(loss):
-                raise VildError(f"teacher training diverged at step {step} (loss {loss.item()}); "
-                                f"lower --lr (now {config.lr})")
+                word_losses.append(word_loss.detach())
+            failed |= ~torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -432,13 +430,19 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, max_logit)
-            value = contrastive.item()
-            losses.append(value)
-            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            pending.append(contrastive.detach())
             bar.update(1)
-            if step % 5 == 0 or step == total - 1:
+            evaluate = probe is not None and ((step + 1) % config.eval_every == 0 or step == total - 1)
+            if step % 5 == 0 or step == total - 1 or evaluate:
+                if bool(failed):
+                    raise VildError(f"teacher training diverged by step {step} (loss "
+                                    f"{float(loss.detach())}); lower --lr (now {config.lr})")
+                for value in torch.stack(pending).tolist():
+                    losses.append(value)
+                    ema = value if ema is None else 0.95 * ema + 0.05 * value
+                pending.clear()
                 bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}", refresh=False)
-            if probe is not None and ((step + 1) % config.eval_every == 0 or step == total - 1):
+            if evaluate:
                 acc = _probe_accuracy(model, tokenizer, probe, image_size, mean, std)
                 curve.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1),
                               "loss": round(ema, 4), "val_top1": round(acc, 4)})
@@ -447,7 +451,9 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
                     bar.write(f"step {step + 1}: loss {ema:.3f}, held-out top-1 {100 * acc:.1f}% "
                               f"({time.perf_counter() - start:.0f} s)")
     finally:
+        batches = None  # ends the loader's worker now
         bar.close()
+    word_losses = torch.stack(word_losses).tolist() if word_losses else []
     train_seconds = time.perf_counter() - pretrain_start  # word pretraining included
     model.visual.to(memory_format=torch.contiguous_format)
     model.eval()

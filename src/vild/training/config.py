@@ -25,6 +25,8 @@ class TrainConfig:
     number of processes as long as micro_batch_size is fixed.
     sync_bn: BatchNorm statistics over the micro-batches of every process at once (the
     official recipe's sync BN); without it each micro-batch normalises with its own statistics.
+    precision: "fp32", or "bf16" (the forward pass under autocast to bfloat16 on CPU and CUDA;
+    weights, gradients and the optimiser stay float32).
     """
 
     steps: int = 2000
@@ -49,6 +51,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -66,6 +69,8 @@ class TrainConfig:
                     f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                     f"{self.micro_batch_size}"
                 )
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ValueError("checkpoint_every and log_every must be positive")
 

@@ -7,14 +7,15 @@ is augmented and RoI-sampled under the seed (seed, s, j) wherever it runs; rank 
 micro-batches r * A .. r * A + A - 1 (A = accumulation steps per rank), each loss divided by
 A, and DDP averages the gradients over ranks: the step's gradient is the mean of the
 micro-batches' gradients, whatever the number of processes. BatchNorm running statistics
-move, once per step, by the mean of what each micro-batch would have moved them.
+move, once per step, by the mean of what each micro-batch would have moved them. Micro-batches
+are built ahead of the model by `--workers` loader processes (`vild.training.batches`); losses
+are read back, and checked for non-finite values, only at log intervals and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vild.data.detection import DetectionDataset, collate
-from vild.data.sampling import RepeatFactorSampler, ShuffleSampler, repeat_factors
+from vild.data.detection import DetectionDataset
+from vild.data.loading import resolve_workers
 from vild.data.transforms import TrainTransform
 from vild.errors import VildError
 from vild.io import save_config
 from vild.model import ViLDConfig, build_detector
 from vild.training import distributed as D
+from vild.training.batches import MicroPlan, StepBatches, micro_batch_loader, micro_seed
 from vild.training.checkpoint import (
     MODEL_WEIGHTS,
     load_resume_state,
@@ -50,64 +52,6 @@ class TrainData:
     region_store: str | None = None
 
 
-class StepBatches:
-    """Dataset indices of the batch at any step, from the seed alone (so a resume is exact)."""
-
-    def __init__(self, dataset: DetectionDataset, config: TrainConfig) -> None:
-        if config.repeat_factor_threshold is not None:
-            factors = repeat_factors(dataset, config.repeat_factor_threshold)
-            self.sampler = RepeatFactorSampler(factors, seed=config.seed)
-        else:
-            self.sampler = ShuffleSampler(len(dataset), seed=config.seed)
-        self._num_items = len(dataset)
-        self._seed = int(config.seed)
-        self.batch_size = config.batch_size
-        self._epochs: list[list[int]] = []
-
-    def _epoch(self, epoch: int) -> list[int]:
-        while len(self._epochs) <= epoch:
-            self._epochs.append(self.sampler.epoch_indices(len(self._epochs)).tolist())
-        return self._epochs[epoch]
-
-    @property
-    def kind(self) -> str:
-        return "repeat_factor" if isinstance(self.sampler, RepeatFactorSampler) else "shuffle"
-
-    def position(self, step: int) -> tuple[int, int]:
-        """(epoch, offset in that epoch) of the first image of `step`'s batch."""
-        start, epoch = step * self.batch_size, 0
-        while True:
-            n = len(self._epoch(epoch))
-            if n == 0:
-                raise VildError("the training set is empty")
-            if start < n:
-                return epoch, start
-            start, epoch = start - n, epoch + 1
-
-    def state(self, step: int) -> dict:
-        """The data sampler's state before `step` (JSON): enough to check a resume."""
-        epoch, offset = self.position(step)
-        return {
-            "kind": self.kind, "seed": self._seed, "num_items": int(self._num_items),
-            "batch_size": self.batch_size, "next_step": int(step), "epoch": epoch, "offset": offset,
-            "epoch_length": len(self._epoch(epoch)),
-        }
-
-    def indices(self, step: int) -> list[int]:
-        start, out, epoch, offset = step * self.batch_size, [], 0, 0
-        while len(out) < self.batch_size:
-            items = self._epoch(epoch)
-            if not items:
-                raise VildError("the training set is empty")
-            end = offset + len(items)
-            if start < end:
-                lo = max(start - offset, 0)
-                out.extend(items[lo: lo + self.batch_size - len(out)])
-                start = end  # continue at the next epoch's first item if the batch spans two
-            offset, epoch = end, epoch + 1
-        return out
-
-
 def initialise_from(model: torch.nn.Module, folder: str | Path, modules: tuple[str, ...] = ()) -> list[str]:
     """Copy every weight of a saved model whose name and shape match (under `modules`, if
     given); returns the names copied."""
@@ -127,47 +71,6 @@ def initialise_from(model: torch.nn.Module, folder: str | Path, modules: tuple[s
         raise VildError(f"init_from: no weight of {path} fits this model")
     model.load_state_dict(copied, strict=False)
     return sorted(copied)
-
-
-MICRO_SEED_STRIDE = 1_000_000_007
-
-
-def micro_seed(seed: int, step: int, micro: int) -> int:
-    """The RNG seed of micro-batch `micro` of `step` (augmentation + RoI sampling). Micro-batch
-    0 keeps the single-batch seed of earlier versions, so their runs are unchanged."""
-    return seed * 1_000_003 + step + micro * MICRO_SEED_STRIDE
-
-
-@dataclass(frozen=True)
-class MicroPlan:
-    """How a step's global batch is cut: `count` micro-batches of `size` images, `per_rank` of
-    them (consecutive) on each of `world_size` processes."""
-
-    size: int
-    count: int
-    per_rank: int
-    world_size: int
-
-    @classmethod
-    def of(cls, config: TrainConfig, world_size: int) -> "MicroPlan":
-        size = config.micro_batch_size
-        if size is None:
-            if config.batch_size % world_size:
-                raise VildError(
-                    f"batch_size {config.batch_size} does not split over {world_size} processes; "
-                    "set micro_batch_size or change batch_size"
-                )
-            size = config.batch_size // world_size
-        count = config.batch_size // size
-        if config.batch_size % size or count % world_size:
-            raise VildError(
-                f"batch_size {config.batch_size} must be a multiple of micro_batch_size {size} x "
-                f"{world_size} processes"
-            )
-        return cls(size, count, count // world_size, world_size)
-
-    def micro_batches(self, rank: int) -> range:
-        return range(rank * self.per_rank, (rank + 1) * self.per_rank)
 
 
 def _to_device(images, targets, device: torch.device):
@@ -220,6 +123,38 @@ class _RunningStats:
             m.num_batches_tracked.copy_(n + 1)
 
 
+class _NonFiniteWatch:
+    """The first step whose loss was not finite, kept on the device: adding a step's loss costs
+    no host sync; `check` reads it back (once, all ranks together) at log intervals,
+    checkpoints and the end, and stops the run with a clear error."""
+
+    _NONE = 2**62
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), self._NONE, dtype=torch.int64, device=device)
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad, torch.clamp(self.first, max=step), self.first)
+
+    def check(self, totals: dict[str, torch.Tensor]) -> None:
+        first = -D.all_reduce_max_(-self.first.clone())  # the earliest over ranks
+        first = int(first.item())
+        if first != self._NONE:
+            now = {k: round(float(v), 5) for k, v in totals.items()}
+            raise VildError(
+                f"loss became non-finite at step {first} (losses of the last step: {now}); "
+                "lower the learning rate or enable clip_grad_norm"
+            )
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16: autocast (matmuls and convolutions in bfloat16, weights and sums in float32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _check_resume_compatible(meta: dict | None, sampler_state: dict, config: TrainConfig, plan: MicroPlan) -> None:
     if not meta:
         return
@@ -269,6 +204,7 @@ def train_detector(
     progress: bool = True,
     stop_after: int | None = None,
     device: str | torch.device | None = "cpu",
+    workers: int | None = None,
 ) -> Path:
     """Train a detector; returns the model folder.
 
@@ -296,11 +232,12 @@ def train_detector(
     with D.distributed_session(device) as info:
         return _train(model_config, train_config, data, text_embeddings, out_dir, info=info,
                       device=device, vocabulary=vocabulary, all_text_embeddings=all_text_embeddings,
-                      resume=resume, progress=progress, stop_after=stop_after)
+                      resume=resume, progress=progress, stop_after=stop_after,
+                      workers=resolve_workers(workers, device))
 
 
 def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, info, device,
-           vocabulary, all_text_embeddings, resume, progress, stop_after) -> Path:
+           vocabulary, all_text_embeddings, resume, progress, stop_after, workers) -> Path:
     plan = MicroPlan.of(train_config, info.world_size)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,8 +302,15 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
     started, images_seen = time.perf_counter(), 0
     end = train_config.steps if stop_after is None else min(train_config.steps, start + stop_after)
     micro_ids = plan.micro_batches(info.rank)
+    micro_batches = iter(micro_batch_loader(
+        dataset, batches, plan, seed=train_config.seed, rank=info.rank, start=start, end=end,
+        workers=workers, device=device,
+    ))
+    watch = _NonFiniteWatch(device)
+    totals: dict[str, torch.Tensor] = {}
 
     def checkpoint(done: int) -> None:
+        watch.check(totals)  # never save weights a non-finite step has touched
         if info.is_main:
             save_resume_state(out_dir, model, optimizer, done, train_config, extra={
                 "sampler": batches.state(done),
@@ -380,38 +324,34 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
             lr = learning_rate(train_config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            indices = batches.indices(step)
             optimizer.zero_grad(set_to_none=True)
             for module in frozen_bn:  # frozen parts keep their running statistics
                 module.eval()
             if running is not None:
                 running.begin()
-            totals: dict[str, float] = {}
-            finite = True
+            totals = {}
             for a, j in enumerate(micro_ids):
-                torch.manual_seed(micro_seed(train_config.seed, step, j))
-                images, targets = collate([dataset[i] for i in indices[j * plan.size:(j + 1) * plan.size]])
-                images, targets = _to_device(images, targets, device)
+                batch = next(micro_batches)
+                if (batch.step, batch.micro) != (step, j):
+                    raise RuntimeError(f"loader out of order: got {(batch.step, batch.micro)}, want {(step, j)}")
+                # RoI sampling continues the RNG stream the batch's augmentation left behind
+                torch.set_rng_state(batch.rng_state)
+                if device.type == "cuda":
+                    torch.cuda.manual_seed_all(micro_seed(train_config.seed, step, j))
+                images, targets = _to_device(batch.images, batch.targets, device)
                 last = a == plan.per_rank - 1
                 sync = contextlib.nullcontext() if (net is model or last) else net.no_sync()
                 with sync:
-                    losses = net(images, text_embeddings, targets).losses
+                    with _autocast(train_config.precision, device):
+                        losses = net(images, text_embeddings, targets).losses
+                    losses = {k: v.float() for k, v in losses.items()}
                     loss = sum(losses.values())
-                    finite = finite and math.isfinite(loss.item())
+                    watch.add(step, loss)
                     (loss / plan.per_rank if plan.per_rank > 1 else loss).backward()
-                for k, v in losses.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.detach()) / plan.per_rank
-                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach()) / plan.per_rank
+                for k, v in [*losses.items(), ("loss", loss)]:
+                    totals[k] = totals.get(k, 0.0) + v.detach() / plan.per_rank
                 if running is not None:
                     running.collect()
-            if info.enabled:
-                flag = torch.tensor([0.0 if finite else 1.0], device=device)
-                finite = D.all_reduce_max_(flag).item() == 0.0
-            if not finite:
-                raise VildError(
-                    f"loss became non-finite at step {step} ({ {k: round(v, 5) for k, v in totals.items()} }); "
-                    "lower the learning rate or enable clip_grad_norm"
-                )
             if running is not None:
                 running.finish()
             if train_config.clip_grad_norm:
@@ -420,11 +360,12 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
             images_seen += train_config.batch_size
             bar.update(1)
             if step % train_config.log_every == 0 or step == train_config.steps - 1:
+                watch.check(totals)
                 names = sorted(totals)
-                values = torch.tensor([totals[k] for k in names], dtype=torch.float64)
+                values = torch.stack([totals[k] for k in names]).double()
                 if info.enabled:
-                    values = D.all_reduce_mean_(values.to(device)).cpu()
-                mean = dict(zip(names, values.tolist()))
+                    values = D.all_reduce_mean_(values)
+                mean = dict(zip(names, values.cpu().tolist()))  # the only read-back of losses
                 if log is not None:
                     record = {"step": step, "lr": lr, "loss": mean.pop("loss")}
                     record.update({k: round(v, 5) for k, v in mean.items()})
@@ -435,7 +376,9 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
             done = step + 1
             if done % train_config.checkpoint_every == 0 and done < train_config.steps:
                 checkpoint(done)
+        watch.check(totals)
     finally:
+        micro_batches = None  # ends the loader's workers now, not when a traceback is freed
         bar.close()
         if log is not None:
             log.close()
