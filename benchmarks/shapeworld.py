@@ -351,6 +351,8 @@ def main() -> int:
 
     teacher = Teacher.load(str(args.teacher))
     text = text_embeddings_for(teacher, vocab)
+    # the distillation head scores at the teacher's own temperature (as `vild train` does)
+    args.row_overrides[0].setdefault("image_temperature", teacher.logit_scale)
     if args.protocol == "trunk":
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)
