@@ -367,6 +367,8 @@ def main() -> int:
     eval_teacher = teacher if args.device.type == "cpu" else Teacher.load(str(args.teacher))
     text = text_embeddings_for(teacher, vocab)
     stages["text_embeddings"], mark = time.perf_counter() - mark, time.perf_counter()
+    # the distillation head scores at the teacher's own temperature (as `vild train` does)
+    args.row_overrides[0].setdefault("image_temperature", teacher.logit_scale)
     if args.protocol == "trunk":
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)

@@ -121,3 +121,14 @@ def test_sync_batchnorm_equals_batchnorm_over_the_global_batch(tmp_path):
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_sync_bn_worker, args=(2, init, str(tmp_path / "ok")), nprocs=2, join=True)
     assert all(os.path.exists(tmp_path / f"ok.{r}") for r in range(2))
+
+
+def test_distillation_head_scores_at_the_teachers_temperature(single_run, tiny_teacher_dir):
+    """`vild train` saves the teacher's logit scale as the ViLD-image temperature (unless set)."""
+    from vild.teacher import Teacher
+
+    _, single = single_run
+    saved = json.loads((single / "model_config.json").read_text())["image_temperature"]
+    scale = Teacher.load(str(tiny_teacher_dir)).logit_scale
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial logit scale
+    assert saved == pytest.approx(scale, rel=1e-6)

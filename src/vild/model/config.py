@@ -52,6 +52,8 @@ class ViLDConfig:
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     # classification against text embeddings
     temperature: float = 100.0
+    # ViLD-image scores: the teacher's logit scale (`vild train` sets it from the teacher; 100 is
+    # CLIP's). The head imitates the teacher's image embeddings, so the teacher's calibration fits.
     image_temperature: float = 100.0
     # distillation
     distill_weight: float = 0.5

@@ -272,6 +272,13 @@ class Teacher:
         return next(self.model.parameters()).device
 
     @property
+    def logit_scale(self) -> float:
+        """The temperature the teacher scores image-text cosines with (CLIP's learned
+        logit scale, 100 for OpenAI's weights); 100 if the model has none."""
+        scale = getattr(self.model, "logit_scale", None)
+        return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    @property
     def embed_dim(self) -> int:
         proj = getattr(self.model, "text_projection", None)
         if isinstance(proj, torch.Tensor):

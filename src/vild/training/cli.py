@@ -117,6 +117,9 @@ def _run(args, device, info) -> int:
     if info.is_main:
         barrier()
     model_over["embed_dim"] = int(all_embeddings.shape[1])
+    # The distillation head imitates the teacher's image embeddings, so its cosines to the text
+    # embeddings are scored at the teacher's own temperature (benchmarks/results/distill_s7/).
+    model_over.setdefault("image_temperature", teacher.logit_scale)
     model_config, train_config = preset(args.preset, model=model_over, train=train_over)
     data = TrainData(str(images), str(annotations), tuple(ids), args.region_store)
     out = train_detector(

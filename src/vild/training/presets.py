@@ -31,7 +31,6 @@ _SHAPEWORLD_MODEL = dict(
     mask_head_dims=(32,),
     mask_output_size=7,  # pooled 7x7, predicted 14x14: the mask head dominates CPU inference
     temperature=50.0,
-    image_temperature=50.0,
 )
 
 _SHAPEWORLD_TRAIN = dict(
