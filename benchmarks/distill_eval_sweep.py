@@ -55,7 +55,7 @@ def main() -> int:
     vocab = dataset_vocabulary(paths["val"])
     teacher = Teacher.load(str(args.teacher))
     text = text_embeddings_for(teacher, vocab)
-    scale = float(teacher.model.logit_scale.exp())
+    scale = teacher.logit_scale
     base = torch.tensor(vocab["base"])
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),

@@ -69,9 +69,9 @@ def resolve_method(method: str | None, mode: str, *, with_teacher: bool = True) 
 
 
 def teacher_logit_scale(teacher) -> float:
-    """The teacher's CLIP temperature (exp of its learned logit scale; 100 when it has none)."""
-    scale = getattr(getattr(teacher, "model", None), "logit_scale", None)
-    return float(scale.exp().item()) if isinstance(scale, torch.Tensor) else 100.0
+    """The teacher's CLIP temperature (`Teacher.logit_scale`; 100 for an object without one)."""
+    scale = getattr(teacher, "logit_scale", None)
+    return float(scale) if isinstance(scale, (int, float)) else 100.0
 
 
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
