@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,9 +39,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
+from shapeworld_report import ROWS, aggregate, markdown  # noqa: E402
 from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
@@ -56,15 +56,6 @@ from vild.training.vocabulary import (  # noqa: E402
     world_paths,
 )
 
-ROWS = [
-    ("CLIP on cropped regions", "clip"),
-    ("ViLD-text", "text"),
-    ("ViLD-image", "image"),
-    ("ViLD (w=0.5)", "vild"),
-    ("ViLD-ensemble (w=0.5)", "ensemble"),
-    ("ViLD-text + CLIP", "text+clip"),
-    ("Supervised-RFS (base+novel)", "supervised"),
-]
 TRUNK_DIM = 64  # width of the trunk's random class prototypes (its heads are not reused)
 QUICK_WORLD = dict(num_train=24, num_val=12, num_web=40, num_web_val=5)
 
@@ -227,52 +218,6 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
             progress=args.progress, max_images=args.val_images,
         )
     return {"rows": rows, "rpn_recall_novel": recall, "timings_s": timings}
-
-
-def aggregate(per_seed: list[dict]) -> dict:
-    def stats(values):
-        values = [v for v in values if v is not None and not math.isnan(v)]
-        if not values:
-            return {"mean": float("nan"), "std": float("nan")}
-        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
-
-    rows = {}
-    for label, _ in ROWS:
-        if label not in per_seed[0]["rows"]:
-            continue
-        keys = per_seed[0]["rows"][label].keys()
-        rows[label] = {k: stats([s["rows"][label][k] for s in per_seed]) for k in keys}
-    recall = {
-        sup: {k: stats([s["rpn_recall_novel"][sup][k] for s in per_seed])
-              for k in per_seed[0]["rpn_recall_novel"][sup]}
-        for sup in per_seed[0]["rpn_recall_novel"]
-    }
-    return {"rows": rows, "rpn_recall_novel": recall}
-
-
-def markdown(summary: dict, meta: dict) -> str:
-    def cell(s):
-        return "-" if math.isnan(s["mean"]) else f"{s['mean']:.1f} ± {s['std']:.1f}"
-
-    cols = ["APr", "APc", "APf", "AP", "box_APr", "box_AP", "ms_per_image"]
-    lines = [
-        f"# ShapeWorld-OV: the ViLD table ({meta['seeds']} seed(s), mean ± std)",
-        "",
-        f"Measured {meta['date']} on {meta['machine']}; wall time {meta['wall_minutes']:.1f} min; "
-        f"command: `{meta['command']}`.",
-        "",
-        "Mask AP (LVIS evaluator, novel = rare) and box AP; inference ms per image on this machine.",
-        "",
-        "| method | " + " | ".join(cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for label, row in summary["rows"].items():
-        lines.append(f"| {label} | " + " | ".join(cell(row[c]) for c in cols) + " |")
-    lines += ["", "RPN average recall on novel categories:", "",
-              "| RPN trained on | AR_r@100 | AR_r@300 | AR_r@1000 |", "|---|---|---|---|"]
-    for sup, rec in summary["rpn_recall_novel"].items():
-        lines.append(f"| {sup} | " + " | ".join(cell(rec[k]) for k in ("AR@100", "AR@300", "AR@1000")) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:

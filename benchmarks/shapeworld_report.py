@@ -1,0 +1,63 @@
+"""The ShapeWorld table's summary over seeds (mean and spread) and its markdown rendering."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+#: (label in the table, row key), in the paper's order
+ROWS = [
+    ("CLIP on cropped regions", "clip"),
+    ("ViLD-text", "text"),
+    ("ViLD-image", "image"),
+    ("ViLD (w=0.5)", "vild"),
+    ("ViLD-ensemble (w=0.5)", "ensemble"),
+    ("ViLD-text + CLIP", "text+clip"),
+    ("Supervised-RFS (base+novel)", "supervised"),
+]
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    def stats(values):
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        if not values:
+            return {"mean": float("nan"), "std": float("nan")}
+        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+    rows = {}
+    for label, _ in ROWS:
+        if label not in per_seed[0]["rows"]:
+            continue
+        keys = per_seed[0]["rows"][label].keys()
+        rows[label] = {k: stats([s["rows"][label][k] for s in per_seed]) for k in keys}
+    recall = {
+        sup: {k: stats([s["rpn_recall_novel"][sup][k] for s in per_seed])
+              for k in per_seed[0]["rpn_recall_novel"][sup]}
+        for sup in per_seed[0]["rpn_recall_novel"]
+    }
+    return {"rows": rows, "rpn_recall_novel": recall}
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    def cell(s):
+        return "-" if math.isnan(s["mean"]) else f"{s['mean']:.1f} ± {s['std']:.1f}"
+
+    cols = ["APr", "APc", "APf", "AP", "box_APr", "box_AP", "ms_per_image"]
+    lines = [
+        f"# ShapeWorld-OV: the ViLD table ({meta['seeds']} seed(s), mean ± std)",
+        "",
+        f"Measured {meta['date']} on {meta['machine']}; wall time {meta['wall_minutes']:.1f} min; "
+        f"command: `{meta['command']}`.",
+        "",
+        "Mask AP (LVIS evaluator, novel = rare) and box AP; inference ms per image on this machine.",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for label, row in summary["rows"].items():
+        lines.append(f"| {label} | " + " | ".join(cell(row[c]) for c in cols) + " |")
+    lines += ["", "RPN average recall on novel categories:", "",
+              "| RPN trained on | AR_r@100 | AR_r@300 | AR_r@1000 |", "|---|---|---|---|"]
+    for sup, rec in summary["rpn_recall_novel"].items():
+        lines.append(f"| {sup} | " + " | ".join(cell(rec[k]) for k in ("AR@100", "AR@300", "AR@1000")) + " |")
+    return "\n".join(lines) + "\n"
