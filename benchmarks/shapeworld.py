@@ -116,7 +116,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
         model=dict(model_over, mode=mode, embed_dim=text.shape[1]), train={**extra_train, **train_over},
     )
     if (out / "model.safetensors").is_file():
-        _check_same_schedule(out, train_cfg)
+        _check_same_schedule(out, train_cfg, model_cfg)
         return out
     annotations = paths["train_all"] if supervised else paths["train_base"]
     data = TrainData(str(paths["train_images"]), str(annotations), tuple(ids),
@@ -132,14 +132,22 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     return out
 
 
-def _check_same_schedule(out: Path, wanted) -> None:
-    """A finished model is reused only if it was trained with the schedule asked for now."""
+def _check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
+    """A finished model is reused only if it was trained with the schedule and the model
+    settings asked for now (`--row-set distill_weight=2` must not reuse a w = 0.5 row).
+    image_temperature only scores, so a row trained before it followed the teacher is reused."""
     saved = json.loads((out / "train_config.json").read_text())
-    for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm"):
-        if saved.get(key) != getattr(wanted, key):
+    checks = [(key, saved.get(key), getattr(wanted, key))
+              for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm")]
+    if wanted_model is not None and (out / "model_config.json").is_file():
+        model = json.loads((out / "model_config.json").read_text())
+        asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists
+        checks += [(key, model.get(key), value) for key, value in asked.items() if key != "image_temperature"]
+    for key, had, asked in checks:
+        if had != asked:
             raise SystemExit(
-                f"{out} was trained with {key}={saved.get(key)!r}, this run asks for "
-                f"{getattr(wanted, key)!r}: pass --fresh or another --work"
+                f"{out} was trained with {key}={had!r}, this run asks for {asked!r}: "
+                "pass --fresh or another --work"
             )
 
 

@@ -63,3 +63,26 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
         bench._check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
     with pytest.raises(SystemExit, match="clip_grad_norm"):
         bench._check_same_schedule(tmp_path, dataclasses.replace(saved, clip_grad_norm=None))
+
+
+def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
+    """`--row-set distill_weight=2` must not reuse a row trained with w = 0.5; the scoring-only
+    image_temperature may differ."""
+    import dataclasses
+    import importlib.util
+
+    import pytest
+
+    from vild.io import save_config
+    from vild.model import ViLDConfig
+    from vild.training.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train, model = TrainConfig(steps=10), ViLDConfig(mode="vild", distill_weight=0.5, image_temperature=50.0)
+    save_config(tmp_path / "train_config.json", train)
+    save_config(tmp_path / "model_config.json", model)
+    bench._check_same_schedule(tmp_path, train, dataclasses.replace(model, image_temperature=20.5))
+    with pytest.raises(SystemExit, match="distill_weight=0.5"):
+        bench._check_same_schedule(tmp_path, train, dataclasses.replace(model, distill_weight=2.0))
