@@ -87,9 +87,10 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         check_device(device)
 
 
-def _one_line(e: BaseException, limit: int = 500) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _one_line(e: BaseException) -> str:
+    from vild.errors import one_line
+
+    return one_line(e, limit=500)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ class NameTooLongError(VocabularyError):
     """A category name whose prompts do not fit the text encoder's context."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace collapsed), cut to `limit` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def shorten(text: object, limit: int = 60) -> str:
     """`repr` of a user's string for an error line, cut to about `limit` characters: a
     10,000-character name must not make a 10,000-character message."""
