@@ -12,10 +12,10 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tests.training._cli import cli_env, run_vild, vild_command
+from tests.training._tiny import tiny_training
 from vild.errors import VildError
 from vild.training.checkpoint import (
     RESUME_OLD,
@@ -26,9 +26,7 @@ from vild.training.checkpoint import (
     save_resume_state,
 )
 from vild.training.config import TrainConfig
-from vild.training.loop import TrainData, train_detector
-from vild.training.presets import preset
-from vild.training.vocabulary import dataset_vocabulary, world_paths
+from vild.training.loop import train_detector
 
 STEPS = 10
 
@@ -94,20 +92,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_world, tiny_teacher
     assert load_file(str(killed / "model.safetensors")).keys() == a.keys()
 
 
-def _tiny(world, **train):
-    paths = world_paths(world)
-    vocab = dataset_vocabulary(paths["train_base"])
-    ids = tuple(c for c, b in zip(vocab["category_ids"], vocab["base"]) if b)
-    model_cfg, train_cfg = preset(
-        "shapeworld-quick", model=dict(mode="text", embed_dim=16),
-        train=dict(dict(steps=4, batch_size=2, checkpoint_every=2, warmup_steps=1), **train),
-    )
-    text = F.normalize(torch.randn(len(ids), 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    return model_cfg, train_cfg, TrainData(str(paths["train_images"]), str(paths["train_base"]), ids), text
-
-
 def test_checkpoint_survives_a_kill_between_renames(tiny_world, tmp_path):
-    model_cfg, train_cfg, data, text = _tiny(tiny_world)
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world)
     out = tmp_path / "m"
     train_detector(model_cfg, train_cfg, data, text, out, progress=False, stop_after=2)
     state = resume_state_dir(out)
@@ -133,7 +119,7 @@ def test_checkpoint_survives_a_kill_between_renames(tiny_world, tmp_path):
 
 
 def test_resume_refuses_a_changed_data_plan(tiny_world, tmp_path):
-    model_cfg, train_cfg, data, text = _tiny(tiny_world)
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world)
     out = tmp_path / "m"
     train_detector(model_cfg, train_cfg, data, text, out, progress=False, stop_after=2)
     bigger = TrainConfig(**{**train_cfg.__dict__, "batch_size": 4})
@@ -146,7 +132,7 @@ def test_resume_refuses_a_changed_data_plan(tiny_world, tmp_path):
 
 def test_gradient_accumulation_resumes_exactly_and_moves_bn_statistics_once_per_step(tiny_world, tmp_path):
     """batch_size=2 in micro-batches of 1 (accumulation), killed after one step and resumed."""
-    model_cfg, train_cfg, data, text = _tiny(tiny_world, micro_batch_size=1, steps=3)
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world, micro_batch_size=1, steps=3)
     a = train_detector(model_cfg, train_cfg, data, text, tmp_path / "a", progress=False)
     part = tmp_path / "b"
     train_detector(model_cfg, train_cfg, data, text, part, progress=False, stop_after=1)

@@ -7,27 +7,18 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import vild.training.loop as loop
+from tests.training._tiny import tiny_training
 from vild.errors import VildError
 from vild.training.checkpoint import read_resume_meta
-from vild.training.loop import TrainData, train_detector
+from vild.training.loop import train_detector
 from vild.training.presets import preset
-from vild.training.vocabulary import dataset_vocabulary, world_paths
 
 
 def _setup(world, **train):
     torch.set_num_threads(1)  # 2 threads crawl on shared cores (README: CPU threads)
-    paths = world_paths(world)
-    vocab = dataset_vocabulary(paths["train_base"])
-    ids = tuple(c for c, b in zip(vocab["category_ids"], vocab["base"]) if b)
-    model_cfg, train_cfg = preset(
-        "shapeworld-quick", model=dict(mode="text", embed_dim=16),
-        train=dict(dict(steps=4, batch_size=2, checkpoint_every=2, warmup_steps=1), **train),
-    )
-    text = F.normalize(torch.randn(len(ids), 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    return model_cfg, train_cfg, TrainData(str(paths["train_images"]), str(paths["train_base"]), ids), text
+    return tiny_training(world, **train)
 
 
 def _nan_at_call(n: int):
