@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,56 +22,20 @@ import torch
 
 from vild.errors import VildError, VocabularyError
 from vild.inference.folders import load_model_folder, load_vocabulary_folder
+from vild.inference.inputs import (
+    ImageRegions,
+    Vocabulary,
+    as_image_list,
+    check_post,
+    class_names,
+    is_collection,
+    vocabulary_from_string,
+)
 from vild.data.images import load_image
 from vild.model.methods import CROP_METHODS, DESCRIPTIONS, methods_for_mode, native_method
 from vild.model.predict import MIN_INPUT_SIDE, PRECISIONS  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("vild.inference")
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """An encoded vocabulary: display names, text embeddings [C, D] (on the model's device),
-    base flags [C] (categories labelled in the model's training) and optional category ids."""
-
-    names: tuple[str, ...]
-    embeddings: torch.Tensor
-    base: torch.Tensor
-    category_ids: tuple[int, ...] | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-@dataclass(frozen=True, eq=False)
-class ImageRegions:
-    """One image's regions, kept so that new text can be scored against them with a matrix
-    product (`Detector.query`), without running the network again.
-
-    boxes [P, 4] xyxy pixels of the original image; objectness [P]; embeddings [P, D] (text
-    head); image_embeddings [P, D] (ViLD-ensemble's distillation head) or None;
-    crop_embeddings [P, D] (the teacher's crops, CLIP methods) or None; masks [P, M, M]
-    class-agnostic mask probabilities inside each box, or None. input_boxes / input_size /
-    padded_size: the same boxes in the network's resized input, for post-processing that is
-    exactly `detect`'s; clip_scale: the teacher's logit scale (CLIP methods).
-    """
-
-    boxes: torch.Tensor
-    objectness: torch.Tensor
-    embeddings: torch.Tensor
-    image_embeddings: torch.Tensor | None
-    crop_embeddings: torch.Tensor | None
-    masks: torch.Tensor | None
-    image_size: tuple[int, int]
-    input_boxes: torch.Tensor
-    input_size: tuple[int, int]
-    padded_size: tuple[int, int]
-    method: str
-    model_id: int = 0
-    clip_scale: float = 100.0
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 class Detector:
@@ -266,8 +229,8 @@ class Detector:
         elif isinstance(vocabulary, Vocabulary):
             return vocabulary
         elif isinstance(vocabulary, str):
-            entries, ids = _vocabulary_from_string(vocabulary)
-        elif _is_collection(vocabulary):
+            entries, ids = vocabulary_from_string(vocabulary)
+        elif is_collection(vocabulary):
             entries = list(vocabulary)
         else:
             raise VocabularyError(
@@ -321,10 +284,10 @@ class Detector:
         the teacher on every region's crops and are slow.
         """
         method = self._check_method(method)
-        _check_post(threshold, max_detections)
+        check_post(threshold, max_detections)
         if batch_size < 1:
             raise VildError("batch_size must be >= 1")
-        items = _as_list(images)
+        items = as_image_list(images)
         if method in CROP_METHODS:
             log.info("method %s runs the teacher on 2 crops of up to %d regions per image: slow",
                      method, self.num_crop_regions)
@@ -343,7 +306,7 @@ class Detector:
         """`detect` for already loaded [3, H, W] 0..1 tensors and encoded vocabularies: one
         forward pass for all of them (the caller batches)."""
         method = self._check_method(method)
-        _check_post(threshold, max_detections)
+        check_post(threshold, max_detections)
         return self._detect_tensors(list(tensors), vocabulary, attributes, method, threshold, max_detections)
 
     def _detect_tensors(self, tensors, vocab, attrs, method, threshold, max_det) -> list:
@@ -355,7 +318,7 @@ class Detector:
         return predict(
             self.model, tensors, vocab.embeddings, base_mask=vocab.base, method=method,
             teacher=self.teacher, attribute_embeddings=attrs.embeddings if attrs is not None else None,
-            class_names=_class_names(vocab, attrs), threshold=threshold, max_detections=max_det,
+            class_names=class_names(vocab, attrs), threshold=threshold, max_detections=max_det,
             num_crop_regions=self.num_crop_regions, precision=self.precision,
             max_mask_bytes=self.max_mask_bytes,
         )
@@ -419,7 +382,7 @@ class Detector:
             raise VildError(
                 f"method {method!r} needs the teacher's crops of the regions: embed the image "
                 f"with embed(image, method={method!r})")
-        _check_post(threshold, max_detections)
+        check_post(threshold, max_detections)
         vocab = self.encode_vocabulary(vocabulary)
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
@@ -443,7 +406,7 @@ class Detector:
             regions.embeddings[index],
             regions.image_embeddings[index] if regions.image_embeddings is not None else None,
             input_size=regions.input_size, padded_size=regions.padded_size,
-            image_size=regions.image_size, class_names=_class_names(vocab, attrs),
+            image_size=regions.image_size, class_names=class_names(vocab, attrs),
             max_mask_bytes=self.max_mask_bytes,
         )
 
@@ -454,60 +417,6 @@ class Detector:
             raise VocabularyError(
                 f"{names} names x {attributes} attributes = {names * attributes:,} labels; the limit is "
                 f"{self.max_labels:,} (Detector.max_labels)")
-
-
-# ---------------------------------------------------------------------- helpers
-def _class_names(vocab: Vocabulary, attrs: Vocabulary | None) -> tuple[str, ...]:
-    """Label names: the vocabulary's, or "attribute name" for every (name, attribute) pair."""
-    if attrs is None:
-        return tuple(vocab.names)
-    return tuple(f"{a} {v}" for v in vocab.names for a in attrs.names)
-
-
-def _check_post(threshold, max_detections) -> None:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise VildError(f"threshold must be a number in 0..1, got {threshold!r}") from None
-    if not 0.0 <= t <= 1.0:
-        raise VildError(f"threshold must be in 0..1, got {threshold!r}")
-    if not isinstance(max_detections, int) or isinstance(max_detections, bool) or max_detections < 0:
-        raise VildError(f"max_detections must be an integer >= 0, got {max_detections!r}")
-
-
-def _as_list(images) -> list:
-    """One image or a collection of images -> a list of single images."""
-    import numpy as np
-
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise VildError("no images given")
-        return list(images)
-    if isinstance(images, torch.Tensor) and images.ndim == 4:
-        return list(images.unbind(0))
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        return list(images)
-    return [images]
-
-
-def _is_collection(x) -> bool:
-    if isinstance(x, (str, bytes, bytearray, dict, torch.Tensor)):
-        return False
-    try:
-        iter(x)
-    except TypeError:
-        return False
-    return True
-
-
-def _vocabulary_from_string(text: str):
-    from vild.inference.vocabularies import resolve_vocabulary
-    from vild.text.vocab import parse_vocab_string
-
-    if "," in text:
-        return parse_vocab_string(text), None
-    named = resolve_vocabulary(text)
-    return named.entries, named.category_ids
 
 
 __all__ = ["Detector", "ImageRegions", "Vocabulary", "load_model_folder", "load_vocabulary_folder"]
