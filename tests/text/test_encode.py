@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from vild.errors import VocabularyError
-from vild.text.encode import TextEncoder, inspect_text_tower, plan_prefix_groups
+from vild.text.encode import TextEncoder
+from vild.text.prefix import plan_prefix_groups
+from vild.text.tower import inspect_text_tower
 
 
 def _full_context_prompt(tokenizer, n_tokens: int) -> str:
@@ -127,15 +129,15 @@ def test_subclass_overriding_encode_text_is_not_guessed(tokenizer, models):
 
 
 def test_self_check_catches_a_wrong_fast_path(tokenizer, models, monkeypatch):
-    import vild.text.encode as encode
+    import vild.text.prefix as prefix
 
-    real = encode._kv_block
+    real = prefix.kv_block
 
     def wrong(blk, x, past, mask, only):
         y, kv = real(blk, x, past, mask, only)
         return y + 0.5 * y.flip(-1), kv  # not a constant shift: LayerNorm would undo it
 
-    monkeypatch.setattr(encode, "_kv_block", wrong)
+    monkeypatch.setattr(prefix, "kv_block", wrong)
     enc = TextEncoder(models.tiny_clip(8), tokenizer)
     assert enc.mode == "reference" and "differs" in enc.fallback_reason
 
@@ -155,7 +157,7 @@ def test_empty_input(tokenizer, models):
 
 
 def test_trimmed_training_encoder_matches_encode_text_with_gradients(tokenizer, models):
-    from vild.text.encode import encode_text_trimmed
+    from vild.text.tower import encode_text_trimmed
 
     prompts = ["a red star.", "the cyan heart with a dark outline on a cluttered background.", "!"]
     tokens = tokenizer(prompts)

@@ -283,7 +283,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     from vild.teacher.batches import ContrastiveBatches, batch_stream
     from vild.teacher.pretrain import adamw
     from vild.teacher.teacher import Teacher, save_teacher_folder
-    from vild.text.encode import encode_text_trimmed, inspect_text_tower
+    from vild.text.tower import encode_text_trimmed, inspect_text_tower
 
     torch.manual_seed(config.seed)
     world_dir = Path(world_dir).expanduser()
