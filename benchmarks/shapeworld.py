@@ -76,7 +76,7 @@ def ensure_world(path: Path, quick: bool, progress: bool = True) -> None:
 def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool = True, device: str = "cpu") -> None:
     if (path / "open_clip_config.json").is_file():
         return
-    from vild.teacher.train import TeacherTrainConfig, train_teacher
+    from vild.teacher import TeacherTrainConfig, train_teacher
 
     log(f"training the teacher into {path}")
     cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2, pretrain_steps=2) if quick else TeacherTrainConfig()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vild.io import save_json  # noqa: E402
 from vild.teacher import Teacher, TeacherTrainConfig, load_web_corpus, train_teacher  # noqa: E402
-from vild.teacher.train import load_categories  # noqa: E402
+from vild.teacher.corpus import load_categories  # noqa: E402
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor, novel_mask: torch.Tensor) -> dict:

@@ -95,7 +95,7 @@ def ensure_quick_source(args) -> None:
         log(f"generating the quick source world in {args.source_world}")
         make_world(args.source_world, progress=args.progress, workers=args.threads, **QUICK_WORLD)
     if not (args.teacher / "open_clip_config.json").is_file():
-        from vild.teacher.train import TeacherTrainConfig, train_teacher
+        from vild.teacher import TeacherTrainConfig, train_teacher
 
         log(f"training a quick teacher into {args.teacher}")
         train_teacher(args.source_world, args.teacher,

@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from vild.teacher.arch import create_clip  # noqa: E402
 from vild.teacher.pretrain import caption_vocabulary, word_targets  # noqa: E402
-from vild.teacher.train import TeacherTrainConfig, augment, load_categories, load_web_corpus  # noqa: E402
+from vild.teacher.augment import augment  # noqa: E402
+from vild.teacher.config import TeacherTrainConfig  # noqa: E402
+from vild.teacher.corpus import load_categories, load_web_corpus  # noqa: E402
 
 mode, steps, lr, threads = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ import torch
 from vild.cli import main
 from vild.errors import VildError
 from vild.teacher import Teacher, TeacherTrainConfig, load_web_corpus, train_teacher
-from vild.teacher.train import augment
+from vild.teacher.augment import augment
 
 from .conftest import tiny_cfg, write_tiny_world
 

@@ -35,16 +35,18 @@ _WHERE = {
     "ARCH_NAME": "arch",
     "register": "arch",
     "create_clip": "arch",
-    "TeacherTrainConfig": "train",
+    "TeacherTrainConfig": "config",
     "train_teacher": "train",
-    "load_web_corpus": "train",
+    "load_web_corpus": "corpus",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from vild.teacher.arch import ARCH_NAME, create_clip, register
     from vild.teacher.crops import crop_and_resize, expand_boxes, region_boxes
     from vild.teacher.teacher import Teacher, save_teacher_folder, weights_identity
-    from vild.teacher.train import TeacherTrainConfig, load_web_corpus, train_teacher
+    from vild.teacher.config import TeacherTrainConfig
+    from vild.teacher.corpus import load_web_corpus
+    from vild.teacher.train import train_teacher
 
 
 def __getattr__(name: str):

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from vild.errors import VildError
-    from vild.teacher.train import TeacherTrainConfig, train_teacher
+    from vild.teacher.config import TeacherTrainConfig
+    from vild.teacher.train import train_teacher
 
     out = Path(args.out).expanduser()
     if out.exists() and not args.overwrite:

@@ -1,4 +1,4 @@
-"""`TeacherTrainConfig`: the settings of `vild.teacher.train.train_teacher`.
+"""`TeacherTrainConfig`: the settings of `vild.teacher.train.train_teacher`, and their checks.
 
 Kept free of torch so that `vild --help` can show the real defaults without importing it.
 """
@@ -6,6 +6,8 @@ Kept free of torch so that `vild --help` can show the real defaults without impo
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from vild.errors import VildError
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,25 @@ class TeacherTrainConfig:
     # weight of the same caption-word loss kept on the image tower during contrastive training
     word_loss_weight: float = 1.0
     eval_every: int = 250  # > 0: log held-out web top-1 (simple prompts, 480 images) every k steps
+
+
+def check_train_config(config: TeacherTrainConfig) -> None:
+    """Raise `VildError` (one line) on a setting training cannot use."""
+    if config.batch_size < 2:
+        raise VildError(f"--batch-size must be >= 2 (contrastive loss), got {config.batch_size}")
+    if config.steps is not None and config.steps < 1:
+        raise VildError(f"--steps must be >= 1, got {config.steps}")
+    if config.steps is None and not config.epochs > 0:
+        raise VildError(f"--epochs must be > 0, got {config.epochs}")
+    if not config.lr > 0:
+        raise VildError(f"--lr must be > 0, got {config.lr}")
+    if config.precision not in ("bf16", "fp32"):
+        raise VildError(f"--precision must be bf16 or fp32, got {config.precision!r}")
+    if config.threads is not None and config.threads < 1:
+        raise VildError(f"--threads must be >= 1, got {config.threads}")
+    if config.word_loss_weight < 0 or config.pretrain_idf_power < 0:
+        raise VildError(f"word_loss_weight and pretrain_idf_power must be >= 0, got "
+                        f"{config.word_loss_weight} and {config.pretrain_idf_power}")
+    lo, hi = config.aug_scale
+    if not 0 < lo <= hi:
+        raise VildError(f"aug_scale must satisfy 0 < lo <= hi, got {config.aug_scale}")

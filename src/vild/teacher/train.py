@@ -6,23 +6,20 @@ never a detection annotation. Model, tokenizer and loss are open_clip's own
 an open_clip folder (`open_clip_config.json` + `open_clip_model.safetensors`) that
 `Teacher.load(folder)` and `open_clip.create_model_and_transforms("local-dir:" + folder)` load.
 
-Augmentation imitates detector proposals: random box jitter (scale, aspect, shift; boxes may
-reach past the image, padded with the mean colour exactly like `Teacher.encode_regions`),
-horizontal flips and light brightness/contrast changes. Hue and saturation are never changed:
-colour words are part of the captions.
+The pieces: the corpus (`vild.teacher.corpus`), image and caption augmentation
+(`vild.teacher.augment`, `vild.teacher.captions`), the batches (`vild.teacher.batches`),
+caption-word pretraining (`vild.teacher.pretrain`) and the zero-shot checks
+(`vild.teacher.zero_shot`); this module holds the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,170 +27,11 @@ import torch.nn.functional as F
 
 from vild.data.loading import default_workers, resolve_workers
 from vild.errors import VildError
-from vild.teacher.config import TeacherTrainConfig
-from vild.teacher.crops import crop_and_resize
-
-SIMPLE_TEMPLATES = ("a photo of a {}.", "{}", "a {} shape.")
-
-
-@dataclass
-class WebCorpus:
-    """The web image-caption corpus of a ShapeWorld-OV world."""
-
-    images: torch.Tensor  # uint8 [N, 3, S, S]
-    captions: list[str]
-    category_ids: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-
-def load_web_corpus(world_dir: str | os.PathLike, split: str = "train") -> WebCorpus:
-    """`WORLD/web/{split}.npz` + `{split}_captions.json` -> WebCorpus (images as [N, 3, S, S])."""
-    world = Path(world_dir).expanduser()
-    npz_path = world / "web" / f"{split}.npz"
-    cap_path = world / "web" / f"{split}_captions.json"
-    if not world.is_dir():
-        raise VildError(f"world folder not found: {world} (generate one with `vild make-world {world}`)")
-    for p in (npz_path, cap_path):
-        if not p.is_file():
-            raise VildError(f"{p} is missing: {world} is not a complete ShapeWorld-OV world "
-                            f"(re-run `vild make-world {world} --overwrite`)")
-    try:
-        with np.load(npz_path) as data:
-            images = data["images"]
-            ids = data["category_ids"] if "category_ids" in data.files else np.zeros(len(images), np.int64)
-    except (KeyError, ValueError, OSError) as e:
-        raise VildError(f"{npz_path} is not a web corpus npz (images, category_ids): {e}") from None
-    try:
-        captions = json.loads(cap_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VildError(f"{cap_path} is not valid JSON: {e}") from None
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise VildError(f"{npz_path}: images must be uint8 [N, S, S, 3], got {images.dtype} {images.shape}")
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise VildError(f"{cap_path} must be a JSON list of strings")
-    if len(captions) != len(images) or len(ids) != len(images):
-        raise VildError(f"{world / 'web'}: {len(images)} images, {len(captions)} captions and "
-                        f"{len(ids)} category ids for split {split!r}; they must match")
-    if len(images) == 0:
-        raise VildError(f"{npz_path} holds no images")
-    return WebCorpus(
-        images=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-        captions=captions,
-        category_ids=torch.from_numpy(np.asarray(ids, dtype=np.int64)),
-    )
-
-
-def _colour_words(world_dir: Path) -> list[str]:
-    """Colour names of a world (world.json["colours"]), [] if it lists none."""
-    try:
-        data = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
-        return [c["name"] if isinstance(c, dict) else str(c) for c in data.get("colours", [])]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        return []
-
-
-def load_categories(world_dir: str | os.PathLike) -> list[dict]:
-    """`WORLD/world.json["categories"]`: [{id, name, synonyms, frequency, novel}, ...]."""
-    path = Path(world_dir).expanduser() / "world.json"
-    if not path.is_file():
-        raise VildError(f"{path} is missing (generate the world with `vild make-world`)")
-    try:
-        cats = json.loads(path.read_text(encoding="utf-8"))["categories"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise VildError(f"{path} has no categories list: {e}") from None
-    return cats
-
-
-def augment(images: torch.Tensor, config: TeacherTrainConfig, generator: torch.Generator,
-            *, mean: torch.Tensor, std: torch.Tensor, out_size: int,
-            hue_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [B, 3, S, S] -> normalised float [B, 3, out, out] with random proposal-like jitter.
-
-    Brightness / contrast act on all channels alike (hue and saturation kept); the crop box
-    is a jittered square-ish box around the image, cut with the teacher's own crop op.
-    """
-    b, _, h, w = images.shape
-    x = images.float().div_(255.0)
-    g = generator
-    if hue_mask is not None and bool(hue_mask.any()):
-        x = hue_change(x, hue_mask, g)
-    if config.aug_contrast > 0 or config.aug_brightness > 0:
-        c = 1.0 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * config.aug_contrast
-        br = 1.0 + (torch.rand(b, 1, 1, 1, generator=g) * 2 - 1) * config.aug_brightness
-        m = x.mean(dim=(1, 2, 3), keepdim=True)  # one grey level per image: hue is kept
-        x = (((x - m) * c + m) * br).clamp_(0.0, 1.0)
-    x = (x - mean) / std
-    lo, hi = config.aug_scale
-    side = torch.exp(torch.empty(b).uniform_(math.log(lo), math.log(hi), generator=g))
-    aspect = torch.exp(torch.empty(b).uniform_(-config.aug_aspect, config.aug_aspect, generator=g))
-    bw = side * torch.sqrt(aspect) * w
-    bh = side / torch.sqrt(aspect) * h
-    cx = w / 2 + torch.empty(b).uniform_(-config.aug_shift, config.aug_shift, generator=g) * w
-    cy = h / 2 + torch.empty(b).uniform_(-config.aug_shift, config.aug_shift, generator=g) * h
-    boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=1)
-    crops = crop_and_resize(x, list(boxes.unsqueeze(1)), out_size)  # pads with 0 = mean colour
-    if config.aug_flip > 0:
-        flip = torch.rand(b, generator=g) < config.aug_flip
-        crops = torch.where(flip.view(b, 1, 1, 1), crops.flip(-1), crops)
-    return crops
-
-
-_ARTICLE = re.compile(r"\b(a|an) (?=(\S))", re.IGNORECASE)
-
-
-def strip_words(caption: str, words: Sequence[str]) -> tuple[str, bool]:
-    """Remove whole `words` from a caption (fixing a/an); returns (caption, anything removed)."""
-    if not words:
-        return caption, False
-    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b ?",
-                         re.IGNORECASE)
-    out, n = pattern.subn("", caption)
-    if not n:
-        return caption, False
-    out = re.sub(r"\s+", " ", out).strip()
-
-    def fix(m: re.Match) -> str:
-        art = "an" if m.group(2).lower() in "aeiou" else "a"
-        return (art.capitalize() if m.group(1)[0].isupper() else art) + " "
-
-    return _ARTICLE.sub(fix, out), True
-
-
-_WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")
-
-
-def word_frequencies(captions: Sequence[str]) -> dict[str, float]:
-    """Fraction of all caption words that are each word (lower-cased)."""
-    counts: dict[str, int] = {}
-    total = 0
-    for c in captions:
-        for w in _WORD.findall(c.lower()):
-            counts[w] = counts.get(w, 0) + 1
-            total += 1
-    return {w: n / max(total, 1) for w, n in counts.items()}
-
-
-def subsample_words(caption: str, freq: dict[str, float], threshold: float, rng: np.random.Generator) -> str:
-    """word2vec-style subsampling of frequent words: keep a word with probability
-    min(1, sqrt(threshold / frequency)), so template words ("a", "photo", "of") mostly go and
-    the informative ones (names, attributes) stay. Never returns an empty caption."""
-    words = _WORD.findall(caption.lower())
-    kept = [w for w in words if rng.random() < math.sqrt(threshold / max(freq.get(w, threshold), 1e-12))]
-    return " ".join(kept) if kept else caption
-
-
-def hue_change(x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """For images where mask: a random non-identity channel permutation, or grey (1 in 6)."""
-    perms = torch.tensor([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
-    b = x.shape[0]
-    choice = torch.randint(0, 6, (b,), generator=generator)
-    idx = perms[choice.clamp(max=4)]  # [B, 3]
-    permuted = torch.gather(x, 1, idx.view(b, 3, 1, 1).expand_as(x))
-    grey = x.mean(dim=1, keepdim=True).expand_as(x)
-    changed = torch.where((choice == 5).view(b, 1, 1, 1), grey, permuted)
-    return torch.where(mask.view(b, 1, 1, 1), changed, x)
+from vild.teacher.augment import augment
+from vild.teacher.captions import strip_words, subsample_words, word_frequencies
+from vild.teacher.config import TeacherTrainConfig, check_train_config
+from vild.teacher.corpus import load_web_corpus, world_colour_words
+from vild.teacher.zero_shot import held_out_probe, probe_accuracy, simple_prompt_top1
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -215,35 +53,6 @@ def _lr_at(step: int, total: int, config: TeacherTrainConfig) -> float:
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def class_prompts(categories: list[dict], templates=SIMPLE_TEMPLATES) -> list[list[str]]:
-    """Per category, prompts over its name and synonyms (underscores -> spaces)."""
-    out = []
-    for c in categories:
-        names = [c["name"].replace("_", " ")] + [s.replace("_", " ") for s in c.get("synonyms", [])]
-        out.append([t.format(n) for n in names for t in templates])
-    return out
-
-
-@torch.no_grad()
-def text_classifier(teacher, prompts: list[list[str]]) -> torch.Tensor:
-    """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
-    rows = [F.normalize(teacher.encode_text(p).mean(0), dim=-1) for p in prompts]
-    return torch.stack(rows)
-
-
-@torch.no_grad()
-def zero_shot_predict(teacher, images: torch.Tensor, classifier: torch.Tensor, *,
-                      batch_size: int = 512) -> torch.Tensor:
-    """uint8 [N, 3, S, S] (or float 0..1) -> predicted class index [N] (argmax cosine)."""
-    preds = []
-    for s in range(0, images.shape[0], batch_size):
-        x = images[s:s + batch_size]
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        emb = teacher.encode_images(x)
-        preds.append((emb @ classifier.to(emb.device).T).argmax(1).cpu())
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-
-
 def train_teacher(
     world_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -262,7 +71,7 @@ def train_teacher(
     (None: 0 on a machine of <= 2 cores, else 1); the teacher is the same either way.
     The output folder appears only when training has finished (atomic write).
     """
-    _check_config(config)
+    check_train_config(config)
     previous_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(int(config.threads))
@@ -310,7 +119,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     std_t = torch.tensor(std).view(1, 3, 1, 1)
 
     tokens = tokenizer(corpus.captions)  # [N, ctx]
-    colour_words = _colour_words(world_dir) if (config.colour_dropout > 0 or config.hue_augment > 0) else []
+    colour_words = world_colour_words(world_dir) if (config.colour_dropout > 0 or config.hue_augment > 0) else []
     stripped = [strip_words(c, colour_words) for c in corpus.captions]
     names_colour = torch.tensor([changed for _, changed in stripped])  # caption names a colour
     tokens_plain = tokenizer([c for c, _ in stripped]) if config.colour_dropout > 0 else tokens
@@ -388,7 +197,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             f"{total} steps x {batch} ({total * batch / n:.1f} epochs), {config.precision}, "
             f"{torch.get_num_threads()} threads")
     curve: list[dict] = []
-    probe = _held_out_probe(world_dir, n_images=480) if config.eval_every > 0 else None
+    probe = held_out_probe(world_dir, n_images=480) if config.eval_every > 0 else None
     losses: list[float] = []  # contrastive part only, comparable with and without the word loss
     word_losses: list = []  # device tensors until the end
     ema = None
@@ -443,7 +252,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
                 pending.clear()
                 bar.set_postfix(loss=f"{ema:.3f}", lr=f"{lr:.1e}", refresh=False)
             if evaluate:
-                acc = _probe_accuracy(model, tokenizer, probe, image_size, mean, std)
+                acc = probe_accuracy(model, tokenizer, probe, image_size, mean, std)
                 curve.append({"step": step + 1, "seconds": round(time.perf_counter() - start, 1),
                               "loss": round(ema, 4), "val_top1": round(acc, 4)})
                 set_train()
@@ -485,13 +294,7 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
     val_path = world_dir / "web" / "val.npz"
     if val_path.is_file() and (world_dir / "world.json").is_file():
         try:
-            val = load_web_corpus(world_dir, "val")
-            cats = load_categories(world_dir)
-            clf = text_classifier(teacher, class_prompts(cats))
-            id_to_index = {int(c["id"]): i for i, c in enumerate(cats)}
-            labels = torch.tensor([id_to_index.get(int(i), -1) for i in val.category_ids])
-            pred = zero_shot_predict(teacher, val.images, clf)
-            summary["val_top1_simple_prompts"] = round(float((pred == labels).float().mean()), 4)
+            summary["val_top1_simple_prompts"] = simple_prompt_top1(teacher, world_dir)
         except VildError as e:
             summary["val_top1_simple_prompts"] = None
             if log:
@@ -504,74 +307,6 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
             msg += f", held-out web top-1 {100 * summary['val_top1_simple_prompts']:.1f}% with simple prompts"
         log(msg + ")")
     return summary
-
-
-def _held_out_probe(world_dir: Path, n_images: int):
-    """(uint8 images, labels, prompts) of a fixed held-out subset, or None if unavailable."""
-    try:
-        val = load_web_corpus(world_dir, "val")
-        cats = load_categories(world_dir)
-    except VildError:
-        return None
-    id_to_index = {int(c["id"]): i for i, c in enumerate(cats)}
-    idx = torch.linspace(0, len(val) - 1, min(n_images, len(val))).long()
-    labels = torch.tensor([id_to_index.get(int(i), -1) for i in val.category_ids[idx]])
-    return val.images[idx], labels, class_prompts(cats)
-
-
-class _ModelView:
-    """encode_text / encode_images over a model that is still training (no freezing)."""
-
-    def __init__(self, model, tokenizer, image_size: int, mean, std) -> None:
-        self.model, self.tokenizer, self.image_size = model, tokenizer, image_size
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @torch.no_grad()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)).float(), dim=-1)
-
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, torch.float32)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)
-
-
-def _probe_accuracy(model, tokenizer, probe, image_size, mean, std) -> float:
-    images, labels, prompts = probe
-    model.eval()
-    view = _ModelView(model, tokenizer, image_size, mean, std)
-    pred = zero_shot_predict(view, images, text_classifier(view, prompts))
-    return float((pred == labels).float().mean())
-
-
-def _check_config(config: TeacherTrainConfig) -> None:
-    if config.batch_size < 2:
-        raise VildError(f"--batch-size must be >= 2 (contrastive loss), got {config.batch_size}")
-    if config.steps is not None and config.steps < 1:
-        raise VildError(f"--steps must be >= 1, got {config.steps}")
-    if config.steps is None and not config.epochs > 0:
-        raise VildError(f"--epochs must be > 0, got {config.epochs}")
-    if not config.lr > 0:
-        raise VildError(f"--lr must be > 0, got {config.lr}")
-    if config.precision not in ("bf16", "fp32"):
-        raise VildError(f"--precision must be bf16 or fp32, got {config.precision!r}")
-    if config.threads is not None and config.threads < 1:
-        raise VildError(f"--threads must be >= 1, got {config.threads}")
-    if config.word_loss_weight < 0 or config.pretrain_idf_power < 0:
-        raise VildError(f"word_loss_weight and pretrain_idf_power must be >= 0, got "
-                        f"{config.word_loss_weight} and {config.pretrain_idf_power}")
-    lo, hi = config.aug_scale
-    if not 0 < lo <= hi:
-        raise VildError(f"aug_scale must satisfy 0 < lo <= hi, got {config.aug_scale}")
 
 
 def _jsonable(obj):
