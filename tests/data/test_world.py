@@ -160,7 +160,7 @@ def test_masks_are_exact(world):
 
 
 def test_ring_mask_has_a_hole():
-    from vild.data.world.render import rasterise
+    from vild.data.world.raster import rasterise
     from vild.data.world.shapes import transform, unit_shape
 
     r = rasterise(transform(unit_shape("ring"), size=40, centre=(30.0, 30.0)))
