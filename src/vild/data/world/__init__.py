@@ -8,11 +8,12 @@
 See docs/shapeworld.md for the categories, splits and defaults.
 """
 
-from vild.data.world.build import WorldConfig, image_file_name, make_world, validate_config
+from vild.data.world.build import make_world
 from vild.data.world.categories import (
     COLOURS, TEXTURES, Category, CategorySpec, build_categories, load_category_specs, resolve_novel,
 )
-from vild.data.world.layout import WebCorpus, World, load_world
+from vild.data.world.config import WorldConfig, validate_config
+from vild.data.world.layout import WebCorpus, World, image_file_name, load_world
 
 __all__ = [
     "COLOURS", "TEXTURES", "Category", "CategorySpec", "WebCorpus", "World", "WorldConfig",

@@ -13,6 +13,11 @@ from vild.errors import VildError
 WORLD_VERSION = 1
 
 
+def image_file_name(index: int) -> str:
+    """File name of detection image `index` (0-based); its LVIS image id is index + 1."""
+    return f"{index + 1:06d}.png"
+
+
 @dataclass(frozen=True)
 class WebCorpus:
     images: np.ndarray  # uint8 [N, S, S, 3]
