@@ -47,6 +47,8 @@ class DetectionGraph(nn.Module):
         self.max_detections = int(model.config.detections_per_image if max_detections is None else max_detections)
         if self.max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        # the wrapper too: torch.onnx.export restores the mode it found, recursively
+        self.eval()
 
     @property
     def output_names(self) -> tuple[str, ...]:
