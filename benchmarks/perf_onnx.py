@@ -100,9 +100,11 @@ def measure(name: str, model, onnx_det: OnnxDetector, image: torch.Tensor, vocab
     graph = DetectionGraph(model, max_detections=limit)
     padded, size = pad_thin_image(image, cfg)
     inputs = (padded, vocab.embeddings, vocab.base, torch.tensor(0.0))
-    feed = {k: v.numpy() for k, v in zip(("image", "text_embeddings", "base_mask", "score_threshold"), inputs)}
-    names = list(graph.output_names)
     session = onnx_det.session
+    takes = {i.name for i in session.get_inputs()}  # base_mask only where the method uses it
+    feed = {k: v.numpy() for k, v in zip(("image", "text_embeddings", "base_mask", "score_threshold"), inputs)
+            if k in takes}
+    names = list(graph.output_names)
 
     def finish(out):
         return lambda: finish_detections(
