@@ -101,8 +101,9 @@ def check_export(graph, path: str | os.PathLike) -> int:
     """Run the file with onnxruntime (CPU) and `graph` with PyTorch on an image and a
     vocabulary of sizes the trace did not use; raise `VildError` unless they agree. -> the
     number of detections compared."""
-    import onnxruntime as ort
+    from vild.inference.onnx import import_onnxruntime
 
+    ort = import_onnxruntime()
     image, text, base, threshold = graph.example_inputs(height=80, width=144, categories=5)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {"image": image, "text_embeddings": text, "base_mask": base, "score_threshold": threshold}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from vild.errors import VildError, one_line
+from vild.inference.detector import Detector
 from vild.inference.encoder import VocabularyEncoder, default_vocabulary, load_teacher
 from vild.inference.inputs import Vocabulary, as_image_list, check_post
 from vild.inference.onnx_metadata import ExportedModel, decode_metadata
@@ -29,7 +30,7 @@ from vild.model.methods import DESCRIPTIONS
 log = logging.getLogger("vild.inference")
 
 
-def _import_onnxruntime():
+def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
@@ -57,8 +58,8 @@ class OnnxDetector:
     """An exported detector + its default vocabulary + (lazily) its teacher; `detect` has the
     shape of `Detector.detect` and returns the same `Detections`. Build with `load`."""
 
-    #: the same bound as `Detector.max_mask_bytes` (masks come back at image size)
-    max_mask_bytes: int = 512 * 2**20
+    #: masks come back at image size: the same bound as the PyTorch `Detector`'s
+    max_mask_bytes: int = Detector.max_mask_bytes
     num_crop_regions = 0  # no crop methods in a graph
     precision = "fp32"
 
@@ -91,7 +92,7 @@ class OnnxDetector:
         ARCH:TAG) or a loaded `Teacher`, overriding the one the file names (needed only to
         encode names the file's default vocabulary lacks); device "auto" | "cpu" | "cuda";
         threads: onnxruntime's intra-op threads. Every problem is one `VildError` line."""
-        ort = _import_onnxruntime()
+        ort = import_onnxruntime()
         path = Path(path).expanduser()
         if not path.is_file():
             raise VildError(f"ONNX model not found: {path}" if not path.exists() else f"{path} is not a file")
@@ -237,4 +238,4 @@ class OnnxDetector:
         return out
 
 
-__all__ = ["OnnxDetector", "providers_for"]
+__all__ = ["OnnxDetector", "import_onnxruntime", "providers_for"]
