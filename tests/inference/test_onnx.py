@@ -150,3 +150,14 @@ def test_detect_cli_with_onnx_and_new_names(exported, tmp_path, capsys):
     code = main(["detect", "--no-progress", "--onnx", str(exported[0]), "--precision", "bf16",
                  str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
     assert code == 1 and "--precision bf16 does not apply" in capsys.readouterr().err
+
+
+def test_export_cli_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    for argv, message in ((["--out", str(tmp_path)], "is a folder"),
+                          (["--out", str(tmp_path / "no" / "m.onnx")], "does not exist"),
+                          (["--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")], "does not exist"),
+                          (["--max-detections", "0", "--out", str(tmp_path / "m.onnx")], "must be >= 1")):
+        code = main(["export", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and message in err and err.count("\n") == 0, err
+    assert not (tmp_path / "m.onnx").exists()
