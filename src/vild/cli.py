@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "vild.recipes.cli",
     "vild.evaluation.cli",
     "vild.inference.cli",
+    "vild.export.cli",
     "vild.service.cli",
 )
 

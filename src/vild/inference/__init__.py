@@ -1,4 +1,5 @@
-"""Inference for users: `Detector` (load, detect, on-the-fly queries), image loading, drawing,
+"""Inference for users: `Detector` (load, detect, on-the-fly queries), `OnnxDetector` (an
+exported graph run by onnxruntime), image loading, drawing,
 conversions, the model registry and `vild detect`.
 
     from vild.inference import Detector, ImageRegions, load_image
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "Detector",
+    "OnnxDetector",
     "ImageRegions",
     "Vocabulary",
     "load_image",
@@ -22,6 +24,7 @@ __all__ = [
 
 _WHERE = {
     "Detector": "detector",
+    "OnnxDetector": "onnx",
     "ImageRegions": "detector",
     "Vocabulary": "detector",
     "load_image": "vild.data.images",
@@ -32,6 +35,7 @@ _WHERE = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from vild.inference.detector import Detector, ImageRegions, Vocabulary
+    from vild.inference.onnx import OnnxDetector
     from vild.inference.draw import draw_detections
     from vild.data.images import load_image
     from vild.inference.registry import list_models

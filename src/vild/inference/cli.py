@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, metavar="NAME|PATH",
                    help="registered model name, model folder or hf-hub:ORG/REPO "
                         "(default: the bundled shapeworld-vild-ensemble; see --list-models)")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="run an exported model (`vild export --format onnx`) with onnxruntime instead of "
+                        "--model; its vocabulary is still free")
     p.add_argument("--weights", default=None, metavar="DIR|hf-hub:ORG/REPO",
                    help="weights for a registered model that ships without them (vild-r50-vitb32, ...)")
     p.add_argument("--teacher", default=None, metavar="PATH_OR_NAME",
@@ -51,7 +54,9 @@ def register(subparsers) -> None:
                    help=f"output folder (default: ./{DEFAULT_OUT})")
     p.add_argument("--no-draw", action="store_true", help="write only the json files")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--device", default=None,
+                   help="torch device (cpu, cuda, cuda:1, ...; default cpu); with --onnx: cpu, cuda or "
+                        "auto (default: CUDA when onnxruntime has it)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: the network under autocast (scores and post-processing in fp32)")
     p.add_argument("--threads", type=int, help="torch CPU threads (use 1 on a shared machine)")
@@ -94,6 +99,22 @@ def _read_vocabulary(args):
         named = resolve_vocabulary(args.vocabulary)
         return named.entries, named.category_ids
     return None, None
+
+
+def _load_onnx(args):
+    """`OnnxDetector` for --onnx, after refusing the flags an exported graph cannot honour."""
+    from vild.errors import VildError
+    from vild.inference.onnx import OnnxDetector
+
+    for flag, given in (("--model", args.model), ("--weights", args.weights),
+                        ("--attributes", args.attributes), ("--precision bf16", args.precision != "fp32")):
+        if given:
+            raise VildError(f"--onnx runs an exported graph: {flag} does not apply to it")
+    det = OnnxDetector.load(args.onnx, teacher=args.teacher, device=args.device or "auto", threads=args.threads)
+    if args.method not in (None, det.method):
+        raise VildError(f"--method {args.method}: {args.onnx} was exported with method {det.method} "
+                        "(export again with --method to change it)")
+    return det
 
 
 def _prepare_out(out):
@@ -159,8 +180,11 @@ def run(args: argparse.Namespace) -> int:
         except VildError as e:
             raise VildError(f"--attributes: {e}") from None
 
-    det = Detector.from_pretrained(args.model, device=args.device, method=args.method,
-                                   teacher=args.teacher, weights=args.weights, precision=args.precision)
+    if args.onnx:
+        det = _load_onnx(args)
+    else:
+        det = Detector.from_pretrained(args.model, device=args.device or "cpu", method=args.method,
+                                       teacher=args.teacher, weights=args.weights, precision=args.precision)
     if args.images:
         items = expand_inputs(args.images)
     else:

@@ -14,23 +14,15 @@ a model.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from vild.errors import VildError, VocabularyError
+from vild.inference.encoder import VocabularyEncoder, default_vocabulary, load_teacher
 from vild.inference.folders import load_model_folder, load_vocabulary_folder
-from vild.inference.inputs import (
-    ImageRegions,
-    Vocabulary,
-    as_image_list,
-    check_post,
-    class_names,
-    is_collection,
-    vocabulary_from_string,
-)
+from vild.inference.inputs import ImageRegions, Vocabulary, as_image_list, check_post, class_names
 from vild.data.images import load_image
 from vild.model.methods import CROP_METHODS, DESCRIPTIONS, methods_for_mode, native_method
 from vild.model.predict import MIN_INPUT_SIDE, PRECISIONS  # noqa: F401 - part of this module's API
@@ -71,30 +63,24 @@ class Detector:
         examples: Sequence[Path] = (),
         precision: str = "fp32",
     ) -> None:
-        from vild.text.prompts import normalize_name
-
         self.model = model.eval().requires_grad_(False)
         self.teacher = teacher
         self.name = name
         self.source = source
         self.teacher_spec = teacher_spec
-        self.templates = templates
-        self.cache_dir = cache_dir
         self.num_crop_regions = int(num_crop_regions)
         if precision not in PRECISIONS:
             raise VildError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         #: "fp32", or "bf16": the network under autocast (scores and post-processing in fp32)
         self.precision = precision
         self.examples = tuple(Path(p) for p in examples)
-        self._lock = threading.Lock()
-        self._text: dict[tuple[str, ...], torch.Tensor] = {}
-        self._base_names = {normalize_name(n) for n in base_names}
+        #: the text-embedding table (shared code with `OnnxDetector`)
+        self.vocabularies = VocabularyEncoder(
+            lambda: self.teacher, device=self.device, templates=templates, cache_dir=cache_dir,
+            default_entries=default_vocabulary, default_ids=default_category_ids,
+            default_embeddings=default_text_embeddings, base_names=base_names)
         self.methods: tuple[str, ...] = methods_for_mode(model.config.mode, with_teacher=teacher is not None)
         self.method = self._check_method(method or native_method(model.config.mode))
-        self._default_entries = [list(e) if not isinstance(e, str) else [e] for e in (default_vocabulary or [])]
-        self._default_ids = tuple(int(c) for c in default_category_ids) if default_category_ids else None
-        if self._default_entries and default_text_embeddings is not None:
-            self._seed(self._default_entries, default_text_embeddings)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,37 +104,16 @@ class Detector:
         """
         from vild.device import check_device
         from vild.inference import registry
-        from vild.inference.vocabularies import resolve_vocabulary
-        from vild.teacher import Teacher
 
         device = check_device(device)
         resolved = registry.resolve(name_or_path, weights=weights, teacher=teacher)
         model = load_model_folder(resolved.folder, device=device, expected=resolved.expected)
         vocab, embeddings = load_vocabulary_folder(resolved.folder, model.config.embed_dim)
-        if not resolved.teacher:
-            raise VildError(
-                f"model folder {resolved.folder} does not say which teacher it was trained with "
-                "(no detector.json or vocabulary.json teacher): pass teacher=... / --teacher")
-        teacher_obj = Teacher.load(resolved.teacher, device=device)
-        if resolved.teacher_identity and teacher_obj.identity != resolved.teacher_identity:
-            raise VildError(
-                f"teacher {resolved.teacher} (weights {teacher_obj.identity}) is not the teacher "
-                f"model {resolved.name} was trained with (weights {resolved.teacher_identity})")
-        if teacher_obj.embed_dim != model.config.embed_dim:
-            raise VildError(
-                f"teacher {resolved.teacher} embeds in {teacher_obj.embed_dim} dimensions, the "
-                f"model expects {model.config.embed_dim}")
-        entries, ids, base = [], None, []
-        if vocab is not None:
-            from vild.training.vocabulary import vocabulary_entries
-
-            entries = vocabulary_entries(vocab)
-            ids = vocab.get("category_ids")
-            base = [n for n, b in zip(vocab["names"], vocab.get("base", [])) if b]
-            base += [s for syn, b in zip(vocab.get("synonyms", []), vocab.get("base", [])) if b for s in syn]
-        elif resolved.default_vocabulary:
-            named = resolve_vocabulary(resolved.default_vocabulary)
-            entries, ids = named.entries, named.category_ids
+        teacher_obj = load_teacher(
+            resolved.teacher, identity=resolved.teacher_identity, embed_dim=model.config.embed_dim,
+            model_name=resolved.name, device=device,
+            where=f"model folder {resolved.folder} (no detector.json or vocabulary.json teacher)")
+        entries, ids, base = default_vocabulary(vocab, resolved.default_vocabulary)
         return cls(
             model, teacher_obj, name=resolved.name, default_vocabulary=entries,
             default_category_ids=ids, default_text_embeddings=embeddings, base_names=base,
@@ -168,11 +133,20 @@ class Detector:
 
     @property
     def default_vocabulary(self) -> list[str]:
-        return [e[0] for e in self._default_entries]
+        return [e[0] for e in self.vocabularies.default_entries]
 
     @property
     def default_category_ids(self) -> list[int] | None:
-        return list(self._default_ids) if self._default_ids else None
+        ids = self.vocabularies.default_ids
+        return list(ids) if ids else None
+
+    @property
+    def templates(self) -> str:
+        return self.vocabularies.templates
+
+    @property
+    def cache_dir(self) -> str | None:
+        return self.vocabularies.cache_dir
 
     def info(self) -> dict:
         cfg = self.model.config
@@ -189,7 +163,7 @@ class Detector:
             "teacher": self.teacher_spec or getattr(self.teacher, "name", None),
             "teacher_identity": getattr(self.teacher, "identity", None),
             "embed_dim": cfg.embed_dim,
-            "default_vocabulary_size": len(self._default_entries),
+            "default_vocabulary_size": len(self.vocabularies.default_entries),
             "with_masks": cfg.with_masks,
             "device": str(self.device),
             "precision": self.precision,
@@ -197,7 +171,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector(name={self.name!r}, mode={self.model.config.mode!r}, method={self.method!r}, "
-                f"vocabulary={len(self._default_entries)} names, device={self.device})")
+                f"vocabulary={len(self.vocabularies.default_entries)} names, device={self.device})")
 
     # ------------------------------------------------------------------ vocabularies
     def _check_method(self, method: str | None) -> str:
@@ -208,56 +182,10 @@ class Detector:
                 f"{'' if self.teacher is not None else ', no teacher'}): choose from {', '.join(self.methods)}")
         return method
 
-    def _seed(self, entries, embeddings: torch.Tensor) -> None:
-        from vild.text.prompts import normalize_vocabulary
-
-        _, groups = normalize_vocabulary(entries)
-        emb = embeddings.detach().float().to(self.device)
-        for group, row in zip(groups, emb):
-            self._text[tuple(group)] = row
-
     def encode_vocabulary(self, vocabulary=None, *, what: str = "vocabulary") -> Vocabulary:
         """Names (a list of names or synonym lists, a named vocabulary such as ``"coco"``, or
         ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded."""
-        from vild.text.prompts import normalize_vocabulary
-
-        ids = None
-        if vocabulary is None:
-            if not self._default_entries:
-                raise VocabularyError("this model has no default vocabulary: pass a vocabulary")
-            entries, ids = self._default_entries, self._default_ids
-        elif isinstance(vocabulary, Vocabulary):
-            return vocabulary
-        elif isinstance(vocabulary, str):
-            entries, ids = vocabulary_from_string(vocabulary)
-        elif is_collection(vocabulary):
-            entries = list(vocabulary)
-        else:
-            raise VocabularyError(
-                f"{what} must be a list of names (or synonym lists), a named vocabulary or "
-                f"'a,b,c', got {type(vocabulary).__name__}")
-        try:
-            names, groups = normalize_vocabulary(entries)
-        except VocabularyError as e:
-            raise VocabularyError(f"{what}: {e}") from None
-        keys = [tuple(g) for g in groups]
-        with self._lock:
-            missing = list(dict.fromkeys(k for k in keys if k not in self._text))
-            if missing:
-                if self.teacher is None:
-                    raise VildError(f"{what}: encoding new names needs the teacher, and this detector has none")
-                from vild.text import build_text_classifier
-
-                clf = build_text_classifier(
-                    self.teacher, [list(k) for k in missing], templates=self.templates,
-                    cache_dir=self.cache_dir,
-                )
-                for k, row in zip(missing, clf.embeddings.to(self.device)):
-                    self._text[k] = row
-            emb = torch.stack([self._text[k] for k in keys])
-        base = torch.tensor([any(n in self._base_names for n in g) for g in groups],
-                            dtype=torch.bool, device=self.device)
-        return Vocabulary(tuple(names), emb, base, tuple(ids) if ids else None)
+        return self.vocabularies.encode(vocabulary, what=what)
 
     # ------------------------------------------------------------------ detection
     def detect(

@@ -111,7 +111,8 @@ class ViLDDetector(nn.Module):
         feats = list(features.values())
         objectness, deltas = rpn.head(feats)
         anchors = rpn.anchor_generator(image_list, feats)
-        per_level = [o[0].numel() for o in objectness]
+        # anchors per level from shapes, not numel(): a traced graph (ONNX export) keeps shapes dynamic
+        per_level = [s[0] * s[1] * s[2] for s in (o[0].shape for o in objectness)]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         objectness, deltas = objectness.float(), deltas.float()  # boxes stay fp32 under autocast
         decoded = rpn.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
@@ -224,18 +225,8 @@ class ViLDDetector(nn.Module):
         decided before the mask head runs (None: no bound).
         """
         cfg = with_limits(self.config, threshold=threshold, max_detections=max_detections)
-        # NMS in fp32/fp64 even inside a caller's autocast (which would cast its boxes down)
-        with torch.autocast(self.roi_heads.background.device.type, enabled=False):
-            picks = select_detections_batch([r.boxes.float() for r in batch.regions],
-                                            [p.float() for p in probs], cfg, batched=batched)
-        if self.config.with_masks and max_mask_bytes is not None:
-            limits = [mask_limit(cfg.detections_per_image, size, max_mask_bytes) for size in batch.original_sizes]
-            picks = [tuple(t[:k] for t in p) for p, k in zip(picks, limits)]
-        masks = [None] * len(picks)
-        if self.config.with_masks:
-            with precision_context(self.roi_heads.background.device, precision):
-                masks = [m[:, 0] for m in self.roi_heads.predict_masks(
-                    batch.features, [p[0] for p in picks], batch.sizes)]
+        picks, masks = self.select_and_mask(batch, probs, cfg, precision=precision, batched=batched,
+                                            max_mask_bytes=max_mask_bytes)
         image_sizes = image_sizes or batch.original_sizes
         detections = []
         for i, ((boxes, scores, labels, index), m) in enumerate(zip(picks, masks)):
@@ -248,6 +239,29 @@ class ViLDDetector(nn.Module):
                 batched=batched, max_mask_bytes=max_mask_bytes,
             ))
         return detections
+
+    @torch.no_grad()
+    def select_and_mask(self, batch: "RegionBatch", probs: list[torch.Tensor], config: ViLDConfig, *,
+                        precision: str = "fp32", batched: bool | None = None,
+                        max_mask_bytes: int | None = None) -> tuple[list[tuple], list]:
+        """Detection up to `finish_detections`: class-aware NMS over each image's regions
+        scored by `probs` [P, C] (limits from `config`), then the mask head on what is kept.
+        -> (per image (boxes [K, 4] in the resized input, scores [K], labels [K], region index
+        [K]), per image mask probabilities [K, M, M] or None). Shared by
+        `detect_from_probabilities` and the exported graph (`vild.model.graph`)."""
+        # NMS in fp32/fp64 even inside a caller's autocast (which would cast its boxes down)
+        with torch.autocast(self.roi_heads.background.device.type, enabled=False):
+            picks = select_detections_batch([r.boxes.float() for r in batch.regions],
+                                            [p.float() for p in probs], config, batched=batched)
+        if self.config.with_masks and max_mask_bytes is not None:
+            limits = [mask_limit(config.detections_per_image, size, max_mask_bytes) for size in batch.original_sizes]
+            picks = [tuple(t[:k] for t in p) for p, k in zip(picks, limits)]
+        masks = [None] * len(picks)
+        if self.config.with_masks:
+            with precision_context(self.roi_heads.background.device, precision):
+                masks = [m[:, 0] for m in self.roi_heads.predict_masks(
+                    batch.features, [p[0] for p in picks], batch.sizes)]
+        return picks, masks
 
     @torch.no_grad()
     def propose(self, images: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

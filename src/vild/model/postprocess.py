@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection._utils import _topk_min
 from torchvision.ops import nms, remove_small_boxes
 
 from vild.model.outputs import Detections
@@ -39,21 +40,28 @@ def _candidates(boxes: torch.Tensor, probs: torch.Tensor, config):
     boxes of (near) zero size dropped; in the order of the flattened [P * C] scores."""
     num_classes = probs.shape[1]
     scores = probs.reshape(-1)
-    if scores.numel() > config.pre_nms_topk:
-        idx = scores.topk(config.pre_nms_topk).indices.sort().values
-        idx = idx[scores[idx] > config.score_thresh]
-    else:
-        idx = torch.where(scores > config.score_thresh)[0]
+    # no branch on the candidate count: top-k of at most all scores, back in index order, is
+    # the same set either way, and a traced graph (ONNX export) then fits any P x C
+    idx = scores.topk(_topk_min(scores, config.pre_nms_topk, 0)).indices.sort().values
+    idx = idx[scores[idx] > config.score_thresh]
     region, labels = idx // num_classes, idx % num_classes
     keep = remove_small_boxes(boxes[region], 1e-2)
     region, labels = region[keep], labels[keep]
     return region, labels, scores[idx[keep]]
 
 
+def _stable_argsort(values: torch.Tensor, *, descending: bool = False) -> torch.Tensor:
+    """argsort that keeps ties in index order. The ONNX exporter refuses the `stable` flag,
+    and needs none: sorting exports to ONNX TopK, which breaks ties by the lower index."""
+    if torch.onnx.is_in_onnx_export():
+        return values.argsort(descending=descending)
+    return values.argsort(descending=descending, stable=True)
+
+
 def _ranked(keep: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Kept candidate indices ordered by score, ties by candidate order (same in both branches)."""
     keep = keep.sort().values
-    return keep[scores[keep].argsort(descending=True, stable=True)]
+    return keep[_stable_argsort(scores[keep], descending=True)]
 
 
 def select_detections(
@@ -122,10 +130,13 @@ def select_detections_batch(
     num_classes = max(p.shape[1] for p in probs)
     keep = batched_nms_offsets(cand_boxes, scores, image * num_classes + labels, config.nms_thresh)
     keep = _ranked(keep, scores)
-    keep = keep[image[keep].argsort(stable=True)]  # image-major, by score within each image
-    counts = torch.bincount(image[keep], minlength=len(boxes)).tolist()
+    keep = keep[_stable_argsort(image[keep])]  # image-major, by score within each image
+    if len(boxes) == 1:  # one image: no split by counts (which a traced graph would fix)
+        per_image = [keep]
+    else:
+        per_image = keep.split(torch.bincount(image[keep], minlength=len(boxes)).tolist())
     out = []
-    for k in keep.split(counts):
+    for k in per_image:
         k = k[: config.detections_per_image]
         out.append((cand_boxes[k], scores[k], labels[k], region[k]))
     return out
@@ -135,7 +146,8 @@ def with_limits(config, *, threshold: float | None = None, max_detections: int |
     """The config with the caller's score threshold and detection limit (None: the config's)."""
     changes = {}
     if threshold is not None:
-        changes["score_thresh"] = float(threshold)
+        # a 0-dim tensor stays one: the score threshold is an input of the exported graph
+        changes["score_thresh"] = threshold if isinstance(threshold, torch.Tensor) else float(threshold)
     if max_detections is not None:
         changes["detections_per_image"] = int(max_detections)
     return replace(config, **changes) if changes else config
