@@ -329,35 +329,10 @@ class Detector:
         """Run the network once on one image and keep what scoring needs: every region's box,
         embeddings and class-agnostic mask (and, for the CLIP methods, the teacher's crop
         embeddings of the top `num_crop_regions` regions). `query` then scores any text."""
-        from vild.model.predict import embed_batch, precision_context
+        from vild.inference.queries import embed_image
 
         method = self._check_method(method)
-        embedded = embed_batch(self.model, [load_image(image)], method=method, teacher=self.teacher,
-                               num_crop_regions=self.num_crop_regions, precision=self.precision)
-        batch, size, crops = embedded.batch, embedded.image_sizes[0], embedded.crops[0]
-        r = batch.regions[0]
-        masks = None
-        if self.model.config.with_masks:
-            with precision_context(self.device, self.precision):
-                masks = self.model.roi_heads.predict_masks(batch.features, [r.boxes.float()], batch.sizes)[0][:, 0]
-        boxes = batch.boxes_in_original(0).float()
-        boxes = torch.stack([boxes[:, 0].clamp(0, size[1]), boxes[:, 1].clamp(0, size[0]),
-                             boxes[:, 2].clamp(0, size[1]), boxes[:, 3].clamp(0, size[0])], dim=1)
-        return ImageRegions(
-            boxes=boxes,
-            objectness=r.objectness,
-            embeddings=r.embeddings,
-            image_embeddings=r.image_embeddings,
-            crop_embeddings=crops,
-            masks=masks,
-            image_size=size,
-            input_boxes=r.boxes.float(),
-            input_size=tuple(batch.sizes[0]),
-            padded_size=tuple(batch.original_sizes[0]),
-            method=method,
-            model_id=id(self.model),
-            clip_scale=embedded.clip_scale,
-        )
+        return embed_image(self, load_image(image), method)
 
     @torch.no_grad()
     def query(
@@ -387,28 +362,10 @@ class Detector:
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
-        from vild.model.methods import vocabulary_probabilities
-        from vild.model.postprocess import finish_detections, mask_limit, select_detections_batch, with_limits
+        from vild.inference.queries import score_regions
 
         self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
-        cfg = self.model.config
-        probs = vocabulary_probabilities(
-            method, cfg, self.model.roi_heads.background, regions.embeddings, regions.image_embeddings,
-            regions.crop_embeddings, vocab.embeddings, vocab.base,
-            attribute_embeddings=attrs.embeddings if attrs is not None else None,
-            clip_scale=regions.clip_scale)
-        if regions.masks is not None:
-            max_detections = mask_limit(max_detections, regions.padded_size, self.max_mask_bytes)
-        limits = with_limits(cfg, threshold=threshold, max_detections=max_detections)
-        boxes, scores, labels, index = select_detections_batch([regions.input_boxes], [probs], limits)[0]
-        return finish_detections(
-            boxes, scores, labels, regions.masks[index] if regions.masks is not None else None,
-            regions.embeddings[index],
-            regions.image_embeddings[index] if regions.image_embeddings is not None else None,
-            input_size=regions.input_size, padded_size=regions.padded_size,
-            image_size=regions.image_size, class_names=class_names(vocab, attrs),
-            max_mask_bytes=self.max_mask_bytes,
-        )
+        return score_regions(self, regions, vocab, attrs, method, threshold, max_detections)
 
     # ------------------------------------------------------------------ internals
     def check_labels(self, names: int, attributes: int | None) -> None:
