@@ -1,7 +1,7 @@
 """Inference for users: `Detector` (load, detect, on-the-fly queries), image loading, drawing,
 conversions, the model registry and `vild detect`.
 
-    from vild.inference import Detector, ImageRegions, load_image
+    from vild.inference import Detector, Exemplar, ImageRegions, load_image
 
 Importing this package is light (no torch); the names below load their module on first use.
 """
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "Detector",
+    "Exemplar",
     "ImageRegions",
     "Vocabulary",
     "load_image",
@@ -22,6 +23,7 @@ __all__ = [
 
 _WHERE = {
     "Detector": "detector",
+    "Exemplar": "exemplars",
     "ImageRegions": "detector",
     "Vocabulary": "detector",
     "load_image": "vild.data.images",
@@ -32,6 +34,7 @@ _WHERE = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from vild.inference.detector import Detector, ImageRegions, Vocabulary
+    from vild.inference.exemplars import Exemplar
     from vild.inference.draw import draw_detections
     from vild.data.images import load_image
     from vild.inference.registry import list_models

@@ -4,6 +4,7 @@
     dets = det.detect(["a.png", "b.png"], vocabulary=["star", "ring"], threshold=0.3)
     regions = det.embed("a.png")                         # run the network once ...
     det.query(regions, ["red star", "blue ring"])        # ... score any text later: a matmul
+    det.detect("b.png", exemplars=[Exemplar("thing", "a.png", (10, 12, 60, 58))])  # by example
 
 A `Detector` holds one ViLD model, its teacher (for new vocabularies and the CLIP methods)
 and an in-memory table of text embeddings per vocabulary entry (backed by the on-disk cache of
@@ -216,11 +217,17 @@ class Detector:
         for group, row in zip(groups, emb):
             self._text[tuple(group)] = row
 
-    def encode_vocabulary(self, vocabulary=None, *, what: str = "vocabulary") -> Vocabulary:
+    def encode_vocabulary(self, vocabulary=None, *, exemplars=None, what: str = "vocabulary") -> Vocabulary:
         """Names (a list of names or synonym lists, a named vocabulary such as ``"coco"``, or
-        ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded."""
+        ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded. `exemplars`
+        (see `vild.inference.exemplars`) add rows embedded from example images; with them, an
+        empty list of names means the exemplars alone."""
         from vild.text.prompts import normalize_vocabulary
 
+        if exemplars is not None:
+            from vild.inference.exemplars import exemplar_vocabulary
+
+            return exemplar_vocabulary(self, vocabulary, exemplars)
         ids = None
         if vocabulary is None:
             if not self._default_entries:
@@ -265,6 +272,7 @@ class Detector:
         images,
         vocabulary=None,
         *,
+        exemplars=None,
         attributes=None,
         threshold: float = 0.3,
         max_detections: int = 100,
@@ -276,7 +284,10 @@ class Detector:
         ``class_names``, masks at image size, region embeddings).
 
         vocabulary: None (the model's default), a list of names / synonym lists, a named
-        vocabulary ("coco", "shapeworld", ...). attributes: a list of attribute words: every
+        vocabulary ("coco", "shapeworld", ...). exemplars: example images of what to find
+        (`Exemplar(name, image, box=None)` objects, or a dict {name: image or (image, box) or
+        a list of them}), added to the vocabulary as rows of their own or averaged into the
+        text name they share (`vild.inference.exemplars`). attributes: a list of attribute words: every
         (name, attribute) pair becomes a label "attribute name", scored
         Pr(name, attribute | region) = Pr(name | region) x Pr(attribute | region).
         threshold: keep scores above it; max_detections: per image, after per-class NMS.
@@ -291,7 +302,7 @@ class Detector:
         if method in CROP_METHODS:
             log.info("method %s runs the teacher on 2 crops of up to %d regions per image: slow",
                      method, self.num_crop_regions)
-        vocab = self.encode_vocabulary(vocabulary)
+        vocab = self.encode_vocabulary(vocabulary, exemplars=exemplars)
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
@@ -340,12 +351,13 @@ class Detector:
         regions: ImageRegions,
         vocabulary=None,
         *,
+        exemplars=None,
         attributes=None,
         threshold: float = 0.3,
         max_detections: int = 100,
         method: str | None = None,
     ):
-        """Score `vocabulary` (and `attributes`) against regions kept by `embed`: text
+        """Score `vocabulary` (and `exemplars`, `attributes`) against regions kept by `embed`: text
         encoding (cached) + a matrix product + NMS; the network does not run. Gives the same
         boxes and scores as `detect` on the same image with the same arguments."""
         if not isinstance(regions, ImageRegions):
@@ -358,7 +370,7 @@ class Detector:
                 f"method {method!r} needs the teacher's crops of the regions: embed the image "
                 f"with embed(image, method={method!r})")
         check_post(threshold, max_detections)
-        vocab = self.encode_vocabulary(vocabulary)
+        vocab = self.encode_vocabulary(vocabulary, exemplars=exemplars)
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
