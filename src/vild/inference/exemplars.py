@@ -107,7 +107,7 @@ def as_exemplars(exemplars) -> list[Exemplar]:
         for name, items in exemplars.items():
             if isinstance(items, tuple) and len(items) == 2 and _is_box(items[1]):
                 items = [items]  # one (image, box) pair, not two images
-            elif not isinstance(items, list):
+            elif not isinstance(items, (list, tuple)):
                 items = [items]
             if not items:
                 raise ExemplarError(f"exemplar {shorten(name)}: no images given")
