@@ -30,6 +30,7 @@ from vild.service import requests, schemas
 from vild.service.cache import RegionCache
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
+from vild.service.exemplars import CachedImage, exemplar_kwargs, resolve_exemplars
 from vild.service.guard import GuardMiddleware
 from vild.service.limits import check_labels, clean_names, vild_error_answer
 from vild.service.runner import FAST, ModelRunner
@@ -140,10 +141,21 @@ def create_app(
                 422, "too_many_detections",
                 f"max_detections is {limit}; the limit is {config.max_detections}",
             )
-        vocabulary = clean_names(body.vocabulary, "vocabulary", config)
+        given = body.vocabulary if isinstance(body.vocabulary, list) else [body.vocabulary or ""]
+        if body.exemplars and body.vocabulary is not None and not "".join(given).strip(" ,"):
+            vocabulary = []  # an empty vocabulary beside exemplars: the exemplars alone
+        else:
+            vocabulary = clean_names(body.vocabulary, "vocabulary", config)
         attributes = clean_names(body.attributes, "attributes", config)
-        check_labels(vocabulary, attributes, len(detector.default_vocabulary), config)
+        names = vocabulary if vocabulary is not None else list(detector.default_vocabulary)
+        check_labels(names + [e.name for e in body.exemplars or []], attributes, 0, config)
         return vocabulary, attributes, limit
+
+    async def exemplars_of(body: schemas.QueryRequest):
+        async def decode(data: bytes):
+            return await requests.decode_upload(data, config=config, decode_pool=decode_pool)
+
+        return await resolve_exemplars(body.exemplars, cache=cache, config=config, decode=decode)
 
     def check_method(method: str | None) -> None:
         if method is not None and method not in methods:
@@ -203,13 +215,14 @@ def create_app(
             body, image = await read_request(request, schemas.DetectRequest)
             vocabulary, attributes, max_dets = check_query(body)
             check_method(body.method)
+            exemplars = await exemplars_of(body)
             notes: list[str] = []
             max_dets = mask_cap(max_dets, int(image.shape[1]), int(image.shape[2]), notes)
             t1 = time.perf_counter()
             out, timing = await runner.run(
                 model_call, detector.detect, ([image], vocabulary),
                 dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets,
-                     method=body.method),
+                     method=body.method, **exemplar_kwargs(exemplars)),
                 masks=body.masks, vocabulary=vocabulary, attributes=attributes,
                 method=body.method or default_method, notes=notes,
             )
@@ -235,7 +248,8 @@ def create_app(
             kwargs = {"method": body.method} if body.method is not None else {}
             regions, model_ms = await runner.run(_timed, detector.embed, image, **kwargs)
             h, w = int(image.shape[1]), int(image.shape[2])
-            key = cache.put(regions, {"image_size": [h, w], "method": body.method or default_method})
+            # the pixels stay beside the regions: exemplars are cut from them (by image id)
+            key = cache.put(CachedImage(regions, image), {"image_size": [h, w], "method": body.method or default_method})
             timing = {"decode": (t1 - t0) * 1000, "model": model_ms, "total": (time.perf_counter() - t0) * 1000}
             return JSONResponse(
                 {"id": key, "image_size": [h, w], "timing_ms": {k: round(v, 2) for k, v in timing.items()}},
@@ -252,8 +266,10 @@ def create_app(
     async def query_image(image_id: str, body: schemas.QueryRequest):
         async def work():
             t0 = time.perf_counter()
-            regions, meta = _cached(image_id)
+            cached, meta = _cached(image_id)
+            regions = cached.regions
             vocabulary, attributes, max_dets = check_query(body)
+            exemplars = await exemplars_of(body)
             notes: list[str] = []
             if body.masks:
                 h, w = meta["image_size"]
@@ -262,7 +278,8 @@ def create_app(
                 regions = _without_region_masks(regions)  # nothing pasted at image size
             out, timing = await runner.run(
                 model_call, detector.query, (regions, vocabulary),
-                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets),
+                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets,
+                     **exemplar_kwargs(exemplars)),
                 masks=body.masks, vocabulary=vocabulary, attributes=attributes,
                 method=meta.get("method"), notes=notes, _priority=FAST,
             )

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
+from vild.service.exemplars import form_exemplars
 from vild.service.guard import BodyTooLarge
 from vild.service.images import decode_base64, decode_image
 from vild.service.limits import parse_json
@@ -84,7 +85,7 @@ def _form_values(fields: dict[str, str]) -> dict[str, Any]:
     """Form strings -> values for the pydantic model (pydantic parses numbers and booleans)."""
     out: dict[str, Any] = {}
     for k, v in fields.items():
-        if k in ("vocabulary", "attributes", "method") and not v.strip():
+        if k in ("vocabulary", "attributes", "method", "exemplars") and not v.strip():
             continue  # an empty form field means "not given"
-        out[k] = v
+        out[k] = form_exemplars(v) if k == "exemplars" else v
     return out
