@@ -106,12 +106,14 @@ def markdown(result: dict) -> str:
         "per novel category; mean ± std [min, max])",
         "",
         f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}; wall time "
-        f"{meta['wall_minutes']:.1f} min; command: `{meta['command']}`.",
+        f"{meta['wall_minutes']:.1f} min at {meta['threads']} thread(s), the machine's load average "
+        f"{meta['loadavg_start'][0]:.1f} at the start and {meta.get('loadavg_end', [math.nan])[0]:.1f} at the end "
+        f"(other jobs shared its cores); command: `{meta['command']}`.",
         "",
         f"Model `{meta['model']}` (method {meta['method']}), teacher `{meta['teacher']}`, world "
         f"`{meta['world']}`; mask AP (LVIS evaluator, novel = rare) and box AP on the first "
-        f"{meta['val_images']} val images. Exemplars: ground-truth boxes from val images "
-        f"{meta['val_images']}..{meta['val_count'] - 1}, never from an evaluated image.",
+        f"{meta['val_images']} val images (by id). Exemplars: ground-truth boxes drawn from the other "
+        f"{meta['val_count'] - meta['val_images']} val images, never from an evaluated one.",
         "",
         "| novel categories by | method | APr | APc | APf | AP | box_APr | box_AP |",
         "|---|---|---|---|---|---|---|---|",
@@ -138,6 +140,13 @@ def _shown(path) -> str:
         return str(path)
 
 
+def rewrite_markdown(json_path: Path) -> None:
+    """The .md of a results JSON again (after a change to the table's layout; no evaluation)."""
+    from vild.io import load_json
+
+    atomic_write_text(json_path.with_suffix(".md"), markdown(load_json(json_path)))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", type=Path, default=ROOT / "benchmarks" / "work" / "world")
@@ -146,9 +155,14 @@ def main() -> int:
     p.add_argument("--draws", type=int, default=3, help="draws of the exemplars (seeds 0..N-1)")
     p.add_argument("--shots", type=int, default=1, help="exemplars per novel category")
     p.add_argument("--methods", default=None, help="comma-separated scoring methods (default: the model's own)")
+    p.add_argument("--conditions", default="text,exemplar,both", help="which of text, exemplar, both to run")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exemplars.json")
+    p.add_argument("--markdown-only", action="store_true", help="rewrite --out's .md from its .json and exit")
     args = p.parse_args()
+    if args.markdown_only:
+        rewrite_markdown(args.out)
+        return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     paths = world_paths(args.world)
@@ -183,15 +197,20 @@ def main() -> int:
         save_json(args.out, result)
 
     methods = args.methods.split(",") if args.methods else [det.method]
-    for method in methods:
+    conditions = set(args.conditions.split(","))
+    if not conditions <= {"text", "exemplar", "both"}:
+        raise SystemExit(f"--conditions: choose from text, exemplar, both; got {args.conditions}")
+    for method in methods if "text" in conditions else []:
         run("text", entries, None, None, method)
     for seed in range(args.draws):
         exemplars, record = draw_exemplars(annotations, paths["val_images"], novel_ids, novel,
                                            skip=args.val_images, shots=args.shots, seed=seed)
         result["draws"].append({"seed": seed, "exemplars": record})
         for method in methods:
-            run("exemplar", base_entries, exemplars, seed, method)
-            run("both", entries, exemplars, seed, method)
+            if "exemplar" in conditions:
+                run("exemplar", base_entries, exemplars, seed, method)
+            if "both" in conditions:
+                run("both", entries, exemplars, seed, method)
 
     groups: dict[tuple, list[dict]] = {}
     for r in result["runs"]:
