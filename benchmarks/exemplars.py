@@ -15,6 +15,10 @@ evaluation, through the prediction path of `vild detect`), with the vocabulary t
     exemplar   base categories by name, novel categories by their exemplars alone
     both       every category by name, novel names averaged with their exemplars
 
+`--teacher-probe` runs no detector: it asks the teacher alone to name the ground-truth boxes of
+the evaluated images (their 1x + 1.5x crop embeddings, nearest row) with each vocabulary, to
+separate what the exemplars carry from what the detector makes of them.
+
 `--methods` scores every row with other methods (default: the model's own, vild-ensemble);
 `--methods vild-image,vild-text` scores with each head alone (the distillation head, the text
 head), to show how exemplar rows relate to the ensemble. Writes `--out` (.json and .md).
@@ -85,6 +89,40 @@ def evaluate(det: Detector, vocabulary, exemplars, ids_by_name: dict, novel_ids,
             "box_APr": box["APr"], "box_AP": box["AP"], "method": method or det.method,
             "rows": list(vocab.names), "base": vocab.base.tolist(),
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+@torch.no_grad()
+def teacher_probe(det: Detector, annotations: dict, images_dir: Path, vocabularies: dict, ids_by_name: dict,
+                  novel_ids, count: int) -> dict:
+    """Top-1 accuracy of the teacher's own crop embeddings of the ground-truth boxes of the
+    first `count` val images against each vocabulary's rows (novel and base boxes apart), and
+    the mean cosine of novel boxes to their category's row."""
+    from vild.data.images import load_image
+
+    images = sorted(annotations["images"], key=lambda im: im["id"])[:count]
+    by_image: dict[int, list[dict]] = {}
+    for a in annotations["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    crops, truth = [], []
+    for im in images:
+        anns = by_image.get(im["id"], [])
+        if anns:
+            boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                                   a["bbox"][1] + a["bbox"][3]] for a in anns])
+            crops.append(det.teacher.encode_regions(load_image(images_dir / im["file_name"]), boxes).cpu())
+            truth += [a["category_id"] for a in anns]
+    crops, truth = torch.cat(crops), torch.tensor(truth)
+    novel = torch.tensor([int(t) in set(novel_ids) for t in truth])
+    out = {"boxes": int(len(truth)), "novel_boxes": int(novel.sum())}
+    for label, vocab in vocabularies.items():
+        ids = torch.tensor([ids_by_name[n] for n in vocab.names])
+        sims = crops @ vocab.embeddings.cpu().float().T
+        right = ids[sims.argmax(1)] == truth
+        own = sims[torch.arange(len(truth)), [ids.tolist().index(int(t)) for t in truth]]
+        out[label] = {"top1_novel": float(right[novel].float().mean()) * 100,
+                      "top1_base": float(right[~novel].float().mean()) * 100,
+                      "cosine_novel_to_own_row": float(own[novel].mean())}
+    return out
 
 
 def summary(runs: list[dict]) -> dict:
@@ -159,6 +197,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exemplars.json")
     p.add_argument("--markdown-only", action="store_true", help="rewrite --out's .md from its .json and exit")
+    p.add_argument("--teacher-probe", action="store_true",
+                   help="no detector: the teacher names the evaluated ground-truth boxes with each vocabulary")
     args = p.parse_args()
     if args.markdown_only:
         rewrite_markdown(args.out)
@@ -187,6 +227,19 @@ def main() -> int:
         "val_count": len(annotations["images"]), "draws": args.draws, "shots": args.shots, "novel": novel,
     }, "draws": [], "runs": [], "rows": []}
     out_md = args.out.with_suffix(".md")
+    if args.teacher_probe:
+        for seed in range(args.draws):
+            exemplars, record = draw_exemplars(annotations, paths["val_images"], novel_ids, novel,
+                                               skip=args.val_images, shots=args.shots, seed=seed)
+            vocabularies = {"text": text_vocab, "exemplar": det.encode_vocabulary(base_entries, exemplars=exemplars),
+                            "both": det.encode_vocabulary(entries, exemplars=exemplars)}
+            probe = teacher_probe(det, annotations, paths["val_images"], vocabularies, ids_by_name, novel_ids,
+                                  args.val_images)
+            result["draws"].append({"seed": seed, "exemplars": record, "probe": probe})
+            print(seed, probe, flush=True)
+        result["meta"]["wall_minutes"] = (time.perf_counter() - started) / 60
+        save_json(args.out, result)
+        return 0
 
     def run(label, vocabulary, exemplars, draw, method=None):
         entry = {"label": label, "draw": draw,
