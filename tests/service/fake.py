@@ -1,7 +1,8 @@
 """A small, fast detector implementing the `vild.inference.Detector` contract, for service tests.
 
 Regions are the pure-red, pure-green and pure-blue blobs of an image; a name scores high on a
-region when it contains that region's colour word. It counts its calls, can sleep, can fail on
+region when it contains that region's colour word, an exemplar (`vild.inference.Exemplar`) when
+its box holds mostly that region's colour. It counts its calls, can sleep, can fail on
 request, and fails loudly if two threads ever run it at once.
 """
 
@@ -75,6 +76,25 @@ class FakeDetector:
         with self._lock:
             self.active -= 1
 
+    @staticmethod
+    def _colour_masks(image):
+        if image.dtype == torch.uint8:
+            image = image.float() / 255
+        for c, name in enumerate(COLOURS):
+            others = [o for o in range(3) if o != c]
+            yield name, (image[c] > 0.6) & (image[others[0]] < 0.4) & (image[others[1]] < 0.4)
+
+    def exemplar_colour(self, exemplar) -> str | None:
+        """The colour most of an exemplar's box holds (None: no pure colour in it)."""
+        image = exemplar.image
+        assert isinstance(image, torch.Tensor) and image.ndim == 3, "the service hands over decoded pixels"
+        h, w = image.shape[1:]
+        x0, y0, x1, y1 = exemplar.box if exemplar.box is not None else (0, 0, w, h)
+        crop = image[:, int(y0):int(y1), int(x0):int(x1)]
+        counts = {name: int(m.sum()) for name, m in self._colour_masks(crop)}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else None
+
     def embed(self, image, *, method=None) -> FakeRegions:
         self._enter()
         try:
@@ -82,13 +102,9 @@ class FakeDetector:
             if self.delay:
                 time.sleep(self.delay)
             assert isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3
-            if image.dtype == torch.uint8:
-                image = image.float() / 255
             h, w = image.shape[1:]
             boxes, masks, colours = [], [], []
-            for c, name in enumerate(COLOURS):
-                others = [o for o in range(3) if o != c]
-                m = (image[c] > 0.6) & (image[others[0]] < 0.4) & (image[others[1]] < 0.4)
+            for name, m in self._colour_masks(image):
                 if m.sum() < 4:
                     continue
                 ys, xs = torch.nonzero(m, as_tuple=True)
@@ -104,32 +120,39 @@ class FakeDetector:
         finally:
             self._leave()
 
-    def query(self, regions, vocabulary=None, *, attributes=None, threshold=0.3, max_detections=100):
+    def query(self, regions, vocabulary=None, *, attributes=None, threshold=0.3, max_detections=100,
+              exemplars=None):
         self._enter()
         try:
             self.query_calls += 1
-            self.last_call = dict(masks=regions.masks is not None, max_detections=max_detections)
-            return self._score(regions, vocabulary, attributes, threshold, max_detections)
+            self.last_call = dict(masks=regions.masks is not None, max_detections=max_detections,
+                                  **({"exemplars": exemplars} if exemplars else {}))
+            return self._score(regions, vocabulary, attributes, threshold, max_detections, exemplars)
         finally:
             self._leave()
 
-    def detect(self, images, vocabulary=None, *, attributes=None, threshold=0.3, max_detections=100, method=None):
+    def detect(self, images, vocabulary=None, *, attributes=None, threshold=0.3, max_detections=100, method=None,
+               exemplars=None):
         if method is not None and method not in self.methods:
             raise VildError(f"unknown method {method!r}")
         self.detect_calls += 1
-        self.last_call = dict(max_detections=max_detections)
+        self.last_call = dict(max_detections=max_detections, **({"exemplars": exemplars} if exemplars else {}))
         out = []
         for im in images:
             regions = self.embed(im)
             self._enter()
             try:
-                out.append(self._score(regions, vocabulary, attributes, threshold, max_detections))
+                out.append(self._score(regions, vocabulary, attributes, threshold, max_detections, exemplars))
             finally:
                 self._leave()
         return out
 
-    def _score(self, regions, vocabulary, attributes, threshold, max_detections):
+    def _score(self, regions, vocabulary, attributes, threshold, max_detections, exemplars=None):
         vocab = list(vocabulary) if vocabulary is not None else list(self.default_vocabulary)
+        shown = {}  # exemplar name -> the colour its examples hold (like the real one: by name)
+        for e in exemplars or []:
+            shown.setdefault(e.name, self.exemplar_colour(e))
+        vocab += [n for n in shown if n not in vocab]
         if not vocab:
             raise VocabularyError("the vocabulary is empty")
         if "boom-user" in vocab:
@@ -145,6 +168,8 @@ class FakeDetector:
                 if attributes:
                     v, a = vocab[j // len(attributes)], attributes[j % len(attributes)]
                     s = self._one(colour, v) * (0.9 if a == colour else 0.2)
+                elif name in shown:
+                    s = 0.9 if shown[name] == colour else 0.05
                 else:
                     s = self._one(colour, name)
                 if s >= threshold:

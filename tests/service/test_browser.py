@@ -262,3 +262,78 @@ def test_page_with_the_bundled_model(browser):
         _wait(browser, lambda d: sorted(set(_labels(d))) == expected,
               what=f"the labels {expected}", timeout=120)
         _shot(browser, "page-bundled-model.png")
+
+
+def _drag(driver, element, start, end, image_size):
+    """Press at `start`, move, release at `end` (image pixels of an `image_size` (w, h) image
+    shown in `element`), with a real mouse through ActionChains."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    w, h = element.size["width"], element.size["height"]
+    iw, ih = image_size
+
+    def offset(p):  # Selenium 4 offsets are from the element's centre
+        return int((p[0] / iw - 0.5) * w), int((p[1] / ih - 0.5) * h)
+
+    (x0, y0), (x1, y1) = offset(start), offset(end)
+    ActionChains(driver).move_to_element_with_offset(element, x0, y0).click_and_hold() \
+        .move_by_offset((x1 - x0) // 2, (y1 - y0) // 2).move_by_offset(x1 - x0 - (x1 - x0) // 2, y1 - y0 - (y1 - y0) // 2) \
+        .release().perform()
+
+
+def test_page_finds_a_drawn_example_in_another_image(browser, tmp_path):
+    """Draw a box around the red blob of one image, name it, then open another image: the
+    example's label marks that image's red blob (and only it); a click still selects, and
+    removing the example removes its label."""
+    first = _two_blob_png(tmp_path / "first.png")  # red at x 10..70, y 15..70; blue lower right
+    a = np.full((120, 160, 3), 40, np.uint8)
+    a[70:110, 20:60] = (255, 0, 0)  # red elsewhere
+    a[10:50, 100:150] = (0, 0, 255)
+    Image.fromarray(a).save(tmp_path / "second.png")
+    det = FakeDetector()
+    _console_errors(browser)  # read (and so drop) what earlier tests left in the browser's log
+    with running(create_app(det, ServiceConfig())) as url:
+        browser.set_window_size(1280, 900)
+        browser.get(url + "/")
+        _wait(browser, lambda d: "fake" in d.find_element("id", "model").text, what="the model name")
+        browser.find_element("id", "file").send_keys(str(first))
+        _wait(browser, lambda d: d.find_element("tag name", "body").get_attribute("data-ready"), what="the first result")
+        _type(browser, "vocabulary", "square")  # no name mentions a colour: only the example can
+        _wait(browser, lambda d: _labels(d) == ["square", "square"], what="the vocabulary's labels")
+        canvas = browser.find_element("id", "canvas")
+        assert not browser.find_element("id", "exemplar-form").is_displayed()
+        _drag(browser, canvas, (5, 10), (75, 75), (160, 120))
+        _wait(browser, lambda d: d.find_element("id", "exemplar-form").is_displayed(), what="the name field")
+        assert browser.find_element("id", "exemplar-name") == browser.switch_to.active_element
+        assert browser.find_elements("css selector", "#list li.selected") == []  # the drag selected nothing
+        _shot(browser, "page-exemplar-drawn.png")
+        browser.find_element("id", "exemplar-name").send_keys("my thing")
+        browser.find_element("id", "exemplar-add").click()
+        # found in the image it was drawn on ...
+        _wait(browser, lambda d: sorted(_labels(d)) == ["my thing", "square", "square"], what="the example's label")
+        sent = det.last_call["exemplars"]
+        assert [e.name for e in sent] == ["my thing"] and det.exemplar_colour(sent[0]) == "red"
+        x0, y0, x1, y1 = sent[0].box
+        assert abs(x0 - 5) < 3 and abs(y0 - 10) < 3 and abs(x1 - 75) < 3 and abs(y1 - 75) < 3, sent[0].box
+        assert [li.text for li in browser.find_elements("css selector", "#exemplar-list .exemplar-name")] == ["my thing"]
+        # ... and in another image, on its red blob only, by the first image's id
+        embeds = det.embed_calls
+        browser.find_element("id", "file").send_keys(str(tmp_path / "second.png"))
+        _wait(browser, lambda d: det.embed_calls == embeds + 1 and sorted(_labels(d)) == ["my thing", "square", "square"],
+              what="the example's label in the second image")
+        # a click (no drag) still selects: on the red blob, the example's detection
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        w, h = canvas.size["width"], canvas.size["height"]
+        ActionChains(browser).move_to_element_with_offset(canvas, int((40 / 160 - 0.5) * w),
+                                                          int((90 / 120 - 0.5) * h)).click().perform()
+        _wait(browser, lambda d: "my thing" in d.find_element("css selector", "#list li.selected").text,
+              what="the example's detection on the red blob")
+        assert not browser.find_element("id", "exemplar-form").is_displayed()
+        _shot(browser, "page-exemplar-found.png")
+        # removing the example removes its label
+        browser.find_element("css selector", "#exemplar-list .exemplar-remove").click()
+        _wait(browser, lambda d: _labels(d) == ["square", "square"], what="labels without the example")
+        assert "exemplars" not in det.last_call
+        errors = _console_errors(browser)
+        assert errors == [], errors

@@ -2,7 +2,7 @@
 exported graph run by onnxruntime), image loading, drawing,
 conversions, the model registry and `vild detect`.
 
-    from vild.inference import Detector, ImageRegions, load_image
+    from vild.inference import Detector, Exemplar, ImageRegions, load_image
 
 Importing this package is light (no torch); the names below load their module on first use.
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 __all__ = [
     "Detector",
     "OnnxDetector",
+    "Exemplar",
     "ImageRegions",
     "Vocabulary",
     "load_image",
@@ -25,6 +26,7 @@ __all__ = [
 _WHERE = {
     "Detector": "detector",
     "OnnxDetector": "onnx",
+    "Exemplar": "exemplars",
     "ImageRegions": "detector",
     "Vocabulary": "detector",
     "load_image": "vild.data.images",
@@ -36,6 +38,7 @@ _WHERE = {
 if TYPE_CHECKING:  # pragma: no cover
     from vild.inference.detector import Detector, ImageRegions, Vocabulary
     from vild.inference.onnx import OnnxDetector
+    from vild.inference.exemplars import Exemplar
     from vild.inference.draw import draw_detections
     from vild.data.images import load_image
     from vild.inference.registry import list_models

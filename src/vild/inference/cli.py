@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     vocab.add_argument("--vocabulary", metavar="NAME",
                        help="a named vocabulary: shapeworld, shapeworld-alt, coco, voc, or "
                             "lvis:FILE / objects365:FILE / coco:FILE / voc:FILE (an annotation json)")
+    p.add_argument("--exemplar", action="append", default=[], metavar="NAME=PATH[:x0,y0,x1,y1]",
+                   help="find more of this: the object in PATH (the whole image, or the box in pixels) "
+                        "is a label NAME beside the text names (--vocab '' for the exemplars alone); "
+                        "repeat it: exemplars of one NAME are averaged, and a NAME that is also a text "
+                        "name is averaged with it")
     p.add_argument("--attributes", metavar="WORDS",
                    help="comma-separated attributes: every (name, attribute) pair becomes a label "
                         "'attribute name', scored Pr(name|region) x Pr(attribute|region)")
@@ -88,6 +93,8 @@ def _read_vocabulary(args):
     from vild.inference.vocabularies import resolve_vocabulary
     from vild.text.vocab import parse_vocab_string, read_vocab_file
 
+    if args.vocab is not None and not args.vocab.strip() and args.exemplar:
+        return [], None  # the exemplars alone
     if args.vocab is not None:
         try:
             return parse_vocab_string(args.vocab), None
@@ -173,6 +180,14 @@ def run(args: argparse.Namespace) -> int:
         raise VildError(f"--max-mask-mb must be positive, got {args.max_mask_mb}")
     out = _prepare_out(Path(args.out))  # before the model loads: a bad --out fails in a second
     entries, category_ids = _read_vocabulary(args)
+    exemplars, exemplar_record = None, []
+    if args.exemplar:  # read and checked before the model loads: a bad one fails in a second
+        from vild.inference.exemplars import load_exemplars, parse_exemplar_arg
+
+        parsed = [parse_exemplar_arg(a) for a in args.exemplar]
+        exemplars = load_exemplars(parsed, max_pixels=args.max_pixels)
+        exemplar_record = [{"name": p.name, "image": str(p.image), "box": list(e.box)}
+                           for p, e in zip(parsed, exemplars)]
     attributes = None
     if args.attributes is not None:
         try:
@@ -194,9 +209,13 @@ def run(args: argparse.Namespace) -> int:
         items = [(str(p), p) for p in det.examples]
         print(f"no images given: running on the {len(items)} example images of {det.name}", file=sys.stderr)
 
-    vocab = det.encode_vocabulary(entries)
+    vocab = det.encode_vocabulary(entries, exemplars=exemplars)
     if category_ids is None and entries is None:
         category_ids = det.default_category_ids
+    if exemplars and category_ids:
+        from vild.inference.exemplars import extend_ids
+
+        category_ids = extend_ids(category_ids, len(vocab))
     if attributes is not None:
         det.check_labels(len(vocab.names), len(attributes))
     if args.max_mask_mb is not None:
@@ -286,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
         "max_detections": args.max_detections,
         "categories": [{"id": int(c), "name": n} for c, n in zip(category_ids, class_names)],
+        **({"exemplars": exemplar_record} if exemplar_record else {}),
         "images": records,
     })
     import json

@@ -4,6 +4,7 @@
     dets = det.detect(["a.png", "b.png"], vocabulary=["star", "ring"], threshold=0.3)
     regions = det.embed("a.png")                         # run the network once ...
     det.query(regions, ["red star", "blue ring"])        # ... score any text later: a matmul
+    det.detect("b.png", exemplars=[Exemplar("thing", "a.png", (10, 12, 60, 58))])  # by example
 
 A `Detector` holds one ViLD model, its teacher (for new vocabularies and the CLIP methods)
 and an in-memory table of text embeddings per vocabulary entry (backed by the on-disk cache of
@@ -182,9 +183,15 @@ class Detector:
                 f"{'' if self.teacher is not None else ', no teacher'}): choose from {', '.join(self.methods)}")
         return method
 
-    def encode_vocabulary(self, vocabulary=None, *, what: str = "vocabulary") -> Vocabulary:
+    def encode_vocabulary(self, vocabulary=None, *, exemplars=None, what: str = "vocabulary") -> Vocabulary:
         """Names (a list of names or synonym lists, a named vocabulary such as ``"coco"``, or
-        ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded."""
+        ``"a,b,c"``) -> `Vocabulary`. Only entries not seen before are encoded. `exemplars`
+        (see `vild.inference.exemplars`) add rows embedded from example images; with them, an
+        empty list of names means the exemplars alone."""
+        if exemplars is not None:
+            from vild.inference.exemplars import exemplar_vocabulary
+
+            return exemplar_vocabulary(self, vocabulary, exemplars)
         return self.vocabularies.encode(vocabulary, what=what)
 
     # ------------------------------------------------------------------ detection
@@ -193,6 +200,7 @@ class Detector:
         images,
         vocabulary=None,
         *,
+        exemplars=None,
         attributes=None,
         threshold: float = 0.3,
         max_detections: int = 100,
@@ -204,7 +212,10 @@ class Detector:
         ``class_names``, masks at image size, region embeddings).
 
         vocabulary: None (the model's default), a list of names / synonym lists, a named
-        vocabulary ("coco", "shapeworld", ...). attributes: a list of attribute words: every
+        vocabulary ("coco", "shapeworld", ...). exemplars: example images of what to find
+        (`Exemplar(name, image, box=None)` objects, or a dict {name: image or (image, box) or
+        a list of them}), added to the vocabulary as rows of their own or averaged into the
+        text name they share (`vild.inference.exemplars`). attributes: a list of attribute words: every
         (name, attribute) pair becomes a label "attribute name", scored
         Pr(name, attribute | region) = Pr(name | region) x Pr(attribute | region).
         threshold: keep scores above it; max_detections: per image, after per-class NMS.
@@ -219,7 +230,7 @@ class Detector:
         if method in CROP_METHODS:
             log.info("method %s runs the teacher on 2 crops of up to %d regions per image: slow",
                      method, self.num_crop_regions)
-        vocab = self.encode_vocabulary(vocabulary)
+        vocab = self.encode_vocabulary(vocabulary, exemplars=exemplars)
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
@@ -257,35 +268,10 @@ class Detector:
         """Run the network once on one image and keep what scoring needs: every region's box,
         embeddings and class-agnostic mask (and, for the CLIP methods, the teacher's crop
         embeddings of the top `num_crop_regions` regions). `query` then scores any text."""
-        from vild.model.predict import embed_batch, precision_context
+        from vild.inference.queries import embed_image
 
         method = self._check_method(method)
-        embedded = embed_batch(self.model, [load_image(image)], method=method, teacher=self.teacher,
-                               num_crop_regions=self.num_crop_regions, precision=self.precision)
-        batch, size, crops = embedded.batch, embedded.image_sizes[0], embedded.crops[0]
-        r = batch.regions[0]
-        masks = None
-        if self.model.config.with_masks:
-            with precision_context(self.device, self.precision):
-                masks = self.model.roi_heads.predict_masks(batch.features, [r.boxes.float()], batch.sizes)[0][:, 0]
-        boxes = batch.boxes_in_original(0).float()
-        boxes = torch.stack([boxes[:, 0].clamp(0, size[1]), boxes[:, 1].clamp(0, size[0]),
-                             boxes[:, 2].clamp(0, size[1]), boxes[:, 3].clamp(0, size[0])], dim=1)
-        return ImageRegions(
-            boxes=boxes,
-            objectness=r.objectness,
-            embeddings=r.embeddings,
-            image_embeddings=r.image_embeddings,
-            crop_embeddings=crops,
-            masks=masks,
-            image_size=size,
-            input_boxes=r.boxes.float(),
-            input_size=tuple(batch.sizes[0]),
-            padded_size=tuple(batch.original_sizes[0]),
-            method=method,
-            model_id=id(self.model),
-            clip_scale=embedded.clip_scale,
-        )
+        return embed_image(self, load_image(image), method)
 
     @torch.no_grad()
     def query(
@@ -293,12 +279,13 @@ class Detector:
         regions: ImageRegions,
         vocabulary=None,
         *,
+        exemplars=None,
         attributes=None,
         threshold: float = 0.3,
         max_detections: int = 100,
         method: str | None = None,
     ):
-        """Score `vocabulary` (and `attributes`) against regions kept by `embed`: text
+        """Score `vocabulary` (and `exemplars`, `attributes`) against regions kept by `embed`: text
         encoding (cached) + a matrix product + NMS; the network does not run. Gives the same
         boxes and scores as `detect` on the same image with the same arguments."""
         if not isinstance(regions, ImageRegions):
@@ -311,32 +298,14 @@ class Detector:
                 f"method {method!r} needs the teacher's crops of the regions: embed the image "
                 f"with embed(image, method={method!r})")
         check_post(threshold, max_detections)
-        vocab = self.encode_vocabulary(vocabulary)
+        vocab = self.encode_vocabulary(vocabulary, exemplars=exemplars)
         if isinstance(attributes, (list, tuple)):  # refuse before encoding thousands of words
             self.check_labels(len(vocab.names), len(attributes))
         attrs = self.encode_vocabulary(attributes, what="attributes") if attributes is not None else None
-        from vild.model.methods import vocabulary_probabilities
-        from vild.model.postprocess import finish_detections, mask_limit, select_detections_batch, with_limits
+        from vild.inference.queries import score_regions
 
         self.check_labels(len(vocab.names), len(attrs.names) if attrs is not None else None)
-        cfg = self.model.config
-        probs = vocabulary_probabilities(
-            method, cfg, self.model.roi_heads.background, regions.embeddings, regions.image_embeddings,
-            regions.crop_embeddings, vocab.embeddings, vocab.base,
-            attribute_embeddings=attrs.embeddings if attrs is not None else None,
-            clip_scale=regions.clip_scale)
-        if regions.masks is not None:
-            max_detections = mask_limit(max_detections, regions.padded_size, self.max_mask_bytes)
-        limits = with_limits(cfg, threshold=threshold, max_detections=max_detections)
-        boxes, scores, labels, index = select_detections_batch([regions.input_boxes], [probs], limits)[0]
-        return finish_detections(
-            boxes, scores, labels, regions.masks[index] if regions.masks is not None else None,
-            regions.embeddings[index],
-            regions.image_embeddings[index] if regions.image_embeddings is not None else None,
-            input_size=regions.input_size, padded_size=regions.padded_size,
-            image_size=regions.image_size, class_names=class_names(vocab, attrs),
-            max_mask_bytes=self.max_mask_bytes,
-        )
+        return score_regions(self, regions, vocab, attrs, method, threshold, max_detections)
 
     # ------------------------------------------------------------------ internals
     def check_labels(self, names: int, attributes: int | None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import json
 import logging
 import re
@@ -24,16 +23,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vild.errors import VildError
-from vild.service import schemas
+from vild.service import requests, schemas
 from vild.service.cache import RegionCache
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
-from vild.service.images import decode_base64, decode_image
-from vild.service.limits import check_labels, clean_names, parse_json, vild_error_answer
+from vild.service.exemplars import CachedImage, exemplar_kwargs, resolve_exemplars
+from vild.service.guard import GuardMiddleware
+from vild.service.limits import check_labels, clean_names, vild_error_answer
 from vild.service.runner import FAST, ModelRunner
 from vild.service.serialize import detections_json
 
@@ -44,91 +43,10 @@ EXAMPLES_DIR = Path(__file__).parent.parent / "assets" / "examples"
 EXAMPLE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 IMAGE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
-
-
-def _error_body(status: int, code: str, detail: str) -> tuple[int, bytes]:
-    return status, json.dumps({"error": code, "detail": detail}).encode()
-
-
-class GuardMiddleware:
-    """Pure ASGI: refuses bodies over `max_body_bytes` (from Content-Length up front, or while
-    streaming a chunked body) with 413, and adds security headers to every response."""
-
-    def __init__(self, app, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.max_body_bytes
-        too_large = f"request body is larger than the limit of {limit} bytes"
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    return await self._reply(send, *_error_body(400, "bad_request", "bad Content-Length"))
-                if declared > limit:
-                    return await self._reply(send, *_error_body(413, "upload_too_large", too_large))
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge()
-            return message
-
-        async def send_with_headers(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = list(message.get("headers", []))
-                present = {k.lower() for k, _ in headers}
-                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in present]
-                message = dict(message, headers=headers)
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, send_with_headers)
-        except _BodyTooLarge:
-            if not started:
-                await self._reply(send, *_error_body(413, "upload_too_large", too_large))
-
-    @staticmethod
-    async def _reply(send, status: int, body: bytes) -> None:
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"), *SECURITY_HEADERS],
-        })
-        await send({"type": "http.response.body", "body": body})
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _validation_message(err: ValidationError | RequestValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 def bundled_examples(folder: Path = EXAMPLES_DIR) -> dict[str, Path]:
@@ -186,7 +104,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "invalid_request", "detail": _validation_message(exc)}, status_code=422)
+        return JSONResponse({"error": "invalid_request", "detail": requests.validation_message(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -211,49 +129,7 @@ def create_app(
             ) from None
 
     async def read_request(request: Request, model: type) -> tuple[Any, torch.Tensor]:
-        """Parse JSON (base64 image) or multipart (file upload) into `model` and the image."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=16)
-            except StarletteHTTPException as e:
-                raise ServiceError(e.status_code if e.status_code < 500 else 400, "bad_form", str(e.detail)) from None
-            except _BodyTooLarge:
-                raise
-            except Exception:
-                raise ServiceError(400, "bad_form", "could not parse the multipart form") from None
-            try:
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
-                    raise ServiceError(422, "bad_image", "the form needs a file field named 'image'")
-                data = await upload.read(config.max_upload_bytes + 1)
-                fields = {k: v for k, v in form.items() if k != "image" and isinstance(v, str)}
-            finally:
-                await form.close()
-            fields["image"] = "-"
-            try:
-                body = model.model_validate(_form_values(fields))
-            except ValidationError as e:
-                raise ServiceError(422, "invalid_request", _validation_message(e)) from None
-        elif ctype == "application/json":
-            payload = parse_json(await request.body())
-            if not isinstance(payload, dict):
-                raise ServiceError(422, "invalid_request", "the JSON body must be an object")
-            try:
-                body = model.model_validate(payload)
-            except ValidationError as e:
-                raise ServiceError(422, "invalid_request", _validation_message(e)) from None
-            data = decode_base64(body.image, config.max_upload_bytes)
-        else:
-            raise ServiceError(
-                415, "unsupported_media_type",
-                "send multipart/form-data with a file field 'image', or application/json with a base64 'image'",
-            )
-        image = await asyncio.get_running_loop().run_in_executor(
-            decode_pool, functools.partial(
-                decode_image, data, max_bytes=config.max_upload_bytes, max_pixels=config.max_pixels)
-        )
-        return body, image
+        return await requests.read_request(request, model, config=config, decode_pool=decode_pool)
 
     def check_query(body: schemas.QueryRequest) -> tuple[list[str] | None, list[str] | None, int]:
         """(vocabulary, attributes, max_detections) of a request, within the limits."""
@@ -265,10 +141,21 @@ def create_app(
                 422, "too_many_detections",
                 f"max_detections is {limit}; the limit is {config.max_detections}",
             )
-        vocabulary = clean_names(body.vocabulary, "vocabulary", config)
+        given = body.vocabulary if isinstance(body.vocabulary, list) else [body.vocabulary or ""]
+        if body.exemplars and body.vocabulary is not None and not "".join(given).strip(" ,"):
+            vocabulary = []  # an empty vocabulary beside exemplars: the exemplars alone
+        else:
+            vocabulary = clean_names(body.vocabulary, "vocabulary", config)
         attributes = clean_names(body.attributes, "attributes", config)
-        check_labels(vocabulary, attributes, len(detector.default_vocabulary), config)
+        names = vocabulary if vocabulary is not None else list(detector.default_vocabulary)
+        check_labels(names + [e.name for e in body.exemplars or []], attributes, 0, config)
         return vocabulary, attributes, limit
+
+    async def exemplars_of(body: schemas.QueryRequest):
+        async def decode(data: bytes):
+            return await requests.decode_upload(data, config=config, decode_pool=decode_pool)
+
+        return await resolve_exemplars(body.exemplars, cache=cache, config=config, decode=decode)
 
     def check_method(method: str | None) -> None:
         if method is not None and method not in methods:
@@ -328,13 +215,14 @@ def create_app(
             body, image = await read_request(request, schemas.DetectRequest)
             vocabulary, attributes, max_dets = check_query(body)
             check_method(body.method)
+            exemplars = await exemplars_of(body)
             notes: list[str] = []
             max_dets = mask_cap(max_dets, int(image.shape[1]), int(image.shape[2]), notes)
             t1 = time.perf_counter()
             out, timing = await runner.run(
                 model_call, detector.detect, ([image], vocabulary),
                 dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets,
-                     method=body.method),
+                     method=body.method, **exemplar_kwargs(exemplars)),
                 masks=body.masks, vocabulary=vocabulary, attributes=attributes,
                 method=body.method or default_method, notes=notes,
             )
@@ -360,7 +248,8 @@ def create_app(
             kwargs = {"method": body.method} if body.method is not None else {}
             regions, model_ms = await runner.run(_timed, detector.embed, image, **kwargs)
             h, w = int(image.shape[1]), int(image.shape[2])
-            key = cache.put(regions, {"image_size": [h, w], "method": body.method or default_method})
+            # the pixels stay beside the regions: exemplars are cut from them (by image id)
+            key = cache.put(CachedImage(regions, image), {"image_size": [h, w], "method": body.method or default_method})
             timing = {"decode": (t1 - t0) * 1000, "model": model_ms, "total": (time.perf_counter() - t0) * 1000}
             return JSONResponse(
                 {"id": key, "image_size": [h, w], "timing_ms": {k: round(v, 2) for k, v in timing.items()}},
@@ -377,8 +266,10 @@ def create_app(
     async def query_image(image_id: str, body: schemas.QueryRequest):
         async def work():
             t0 = time.perf_counter()
-            regions, meta = _cached(image_id)
+            cached, meta = _cached(image_id)
+            regions = cached.regions
             vocabulary, attributes, max_dets = check_query(body)
+            exemplars = await exemplars_of(body)
             notes: list[str] = []
             if body.masks:
                 h, w = meta["image_size"]
@@ -387,7 +278,8 @@ def create_app(
                 regions = _without_region_masks(regions)  # nothing pasted at image size
             out, timing = await runner.run(
                 model_call, detector.query, (regions, vocabulary),
-                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets),
+                dict(attributes=attributes, threshold=body.threshold, max_detections=max_dets,
+                     **exemplar_kwargs(exemplars)),
                 masks=body.masks, vocabulary=vocabulary, attributes=attributes,
                 method=meta.get("method"), notes=notes, _priority=FAST,
             )
@@ -454,16 +346,6 @@ def create_app(
 def _wrap(app: FastAPI, config: ServiceConfig) -> FastAPI:
     app.add_middleware(GuardMiddleware, max_body_bytes=config.max_body_bytes)
     return app
-
-
-def _form_values(fields: dict[str, str]) -> dict[str, Any]:
-    """Form strings -> values for the pydantic model (pydantic parses numbers and booleans)."""
-    out: dict[str, Any] = {}
-    for k, v in fields.items():
-        if k in ("vocabulary", "attributes", "method") and not v.strip():
-            continue  # an empty form field means "not given"
-        out[k] = v
-    return out
 
 
 def _without_region_masks(regions):

@@ -21,6 +21,8 @@ class ServiceConfig:
                         for every region: 2,000 x 2,000 would be 4 million).
     max_name_length:    characters in one name or attribute (a name must also fit the text
                         encoder's context, else 422 `name_too_long` too).
+    max_exemplars:      example images (exemplars) in one request (each is two crops through
+                        the teacher's image tower).
     max_detections:     the most detections one request may ask for.
     request_timeout_s:  a request that waits longer than this (for its body, for the model,
                         or in the model's queue) is answered 408; the model's work already
@@ -40,6 +42,7 @@ class ServiceConfig:
     max_vocabulary: int = 2000
     max_labels: int = 20_000
     max_name_length: int = 100
+    max_exemplars: int = 16
     max_detections: int = 1000
     request_timeout_s: float = 60.0
     max_pending: int = 16
@@ -50,8 +53,8 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "max_vocabulary", "max_labels", "max_name_length",
-                     "max_detections", "max_pending", "cache_size", "cache_bytes", "max_mask_bytes",
-                     "decode_workers"):
+                     "max_exemplars", "max_detections", "max_pending", "cache_size", "cache_bytes",
+                     "max_mask_bytes", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.request_timeout_s > 0:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from vild.errors import NameTooLongError, VildError, VocabularyError
+from vild.inference.exemplars import ExemplarError
 from vild.service.config import ServiceConfig
 from vild.service.errors import ServiceError
 
@@ -71,6 +72,8 @@ def vild_error_answer(exc: VildError) -> tuple[int, str, str]:
         return 422, "name_too_long", line
     if isinstance(exc, VocabularyError):
         return 422, "bad_vocabulary", line
+    if isinstance(exc, ExemplarError):
+        return 422, "bad_exemplar", line
     return 400, "bad_request", line
 
 

@@ -15,12 +15,27 @@ _VOCAB_DOC = (
 _ATTR_DOC = "Attribute words (a list or one comma-separated string), or null."
 
 
+class ExemplarSpec(BaseModel):
+    """An example of what to find: a box in a cached image or in an image sent along."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="The label of what the example shows (a name of its own, or a "
+                      "vocabulary name: then averaged with that name's text embedding)")
+    image_id: Optional[str] = Field(default=None, description="An id from POST /v1/images")
+    image: Optional[str] = Field(default=None, description="Or the image itself: base64 (or a data: URL)")
+    box: Optional[list[float]] = Field(default=None, min_length=4, max_length=4,
+                                       description="[x0, y0, x1, y1] in pixels of that image; null: the whole image")
+
+
 class QueryRequest(BaseModel):
     """Score a vocabulary against a cached image (`POST /v1/images/{id}/query`)."""
 
     model_config = ConfigDict(extra="forbid")
     vocabulary: Names = Field(default=None, description=_VOCAB_DOC)
     attributes: Names = Field(default=None, description=_ATTR_DOC)
+    exemplars: Optional[list[ExemplarSpec]] = Field(
+        default=None, description="Examples of what to find, each a label beside the vocabulary's names "
+        "(with exemplars, an empty vocabulary means the exemplars alone)")
     threshold: float = Field(default=0.3, ge=0.0, le=1.0, description="Minimum score kept.")
     max_detections: int = Field(default=100, ge=1, description="The most detections returned.")
     masks: bool = Field(default=True, description="Include RLE masks (when the model has masks).")
@@ -91,6 +106,7 @@ def form_schema(with_method: bool, with_query: bool) -> dict:
         props.update(
             vocabulary={"type": "string", "description": "Comma-separated category names"},
             attributes={"type": "string", "description": "Comma-separated attribute words"},
+            exemplars={"type": "string", "description": "A JSON list of exemplars (as in a JSON body)"},
             threshold={"type": "number", "minimum": 0, "maximum": 1, "default": 0.3},
             max_detections={"type": "integer", "minimum": 1, "default": 100},
             masks={"type": "boolean", "default": True},

@@ -1,6 +1,7 @@
 // The vild page: one /v1/images call per image (the detector runs once), then
 // /v1/images/{id}/query for every vocabulary change (text encoding + a matmul on the server);
-// the threshold slider filters client-side. No build step, no dependencies.
+// the threshold slider filters client-side. Boxes drawn on an image become examples to find
+// (exemplars.js). No build step, no dependencies.
 "use strict";
 
 (function () {
@@ -13,6 +14,10 @@
     file: null, bitmap: null, imageId: null, result: null, selected: -1,
     seq: 0, maskCache: new Map(), defaultVocabulary: [],
   };
+  const exemplars = window.vildExemplars.create({
+    canvas, bitmap: () => state.bitmap, imageId: () => state.imageId, file: () => state.file,
+    changed: () => runQuery(), redraw: () => draw(),
+  });
 
   // ---------- helpers ----------
   function setStatus(text, isError) {
@@ -39,48 +44,20 @@
     try { const body = await resp.json(); return body.detail || resp.statusText; }
     catch (e) { return resp.statusText || `HTTP ${resp.status}`; }
   }
+  async function errorCode(resp) {
+    try { return (await resp.clone().json()).error; } catch (e) { return null; }
+  }
   function debounce(fn, ms) {
     let t = null;
     return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
   }
 
-  // COCO compressed RLE (pycocotools' string form, column-major) -> Uint8Array of H*W, row-major.
-  function decodeRLE(rle) {
-    const [h, w] = rle.size;
-    const s = rle.counts;
-    const counts = [];
-    let p = 0;
-    while (p < s.length) {
-      let x = 0, k = 0, more = 1, c = 0;
-      while (more) {
-        c = s.charCodeAt(p) - 48;
-        x |= (c & 0x1f) << (5 * k);
-        more = c & 0x20;
-        p++; k++;
-        if (!more && (c & 0x10)) x |= -1 << (5 * k);
-      }
-      if (counts.length > 2) x += counts[counts.length - 2];
-      counts.push(x);
-    }
-    const out = new Uint8Array(h * w);
-    let idx = 0, v = 0;
-    for (const n of counts) {
-      if (v) {
-        for (let j = idx; j < idx + n; j++) {
-          const col = Math.floor(j / h), row = j - col * h;
-          out[row * w + col] = 1;
-        }
-      }
-      idx += n; v = 1 - v;
-    }
-    return out;
-  }
   function maskCanvas(i) {
     if (state.maskCache.has(i)) return state.maskCache.get(i);
     const det = state.result.detections[i];
     if (!det.mask) return null;
     const [h, w] = det.mask.size;
-    const bits = decodeRLE(det.mask);
+    const bits = window.vildDecodeRLE(det.mask);
     const off = document.createElement("canvas");
     off.width = w; off.height = h;
     const octx = off.getContext("2d");
@@ -171,6 +148,7 @@
       ctx.fillStyle = "#fff";
       ctx.fillText(text, tx + 3 * px, ty + 2 * px);
     }
+    exemplars.drawOverlay(ctx, px);
   }
 
   function renderList() {
@@ -266,12 +244,17 @@
     };
     setStatus("Scoring…");
     try {
+      payload.exemplars = await exemplars.payload(false);
       if (!state.imageId) {
         setStatus("Running the detector…");
         await uploadImage();
         if (seq !== state.seq) return;
       }
       let resp = await post(payload);
+      if (resp.status === 404 && (await errorCode(resp)) === "unknown_exemplar_image") {
+        payload.exemplars = await exemplars.payload(true);  // an example's image left: send it
+        resp = await post(payload);
+      }
       if (resp.status === 404) {          // the server's cache let it go: upload again
         await uploadImage();
         resp = await post(payload);
@@ -318,6 +301,7 @@
     state.imageId = null;
     state.result = null;
     state.selected = -1;
+    exemplars.imageChanged();
     try {
       state.bitmap = await createImageBitmap(file);
     } catch (e) {
@@ -358,7 +342,7 @@
   $("show-boxes").addEventListener("change", draw);
   window.addEventListener("resize", debounce(draw, 100));
   canvas.addEventListener("click", (e) => {
-    if (!state.result || !state.bitmap) return;
+    if (exemplars.consumeClick() || !state.result || !state.bitmap) return;
     const r = canvas.getBoundingClientRect();
     const x = (e.clientX - r.left) * state.bitmap.width / r.width;
     const y = (e.clientY - r.top) * state.bitmap.height / r.height;
