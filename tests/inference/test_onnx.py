@@ -82,6 +82,26 @@ def test_onnxruntime_matches_pytorch_for_any_vocabulary(pair, vocabulary):
     assert total > 10  # the comparison saw detections, not empty lists
 
 
+def test_exemplars_run_through_the_graph_without_re_export(pair):
+    """An example image is one more row of the vocabulary input: the graph and PyTorch agree."""
+    from vild.inference.exemplars import Exemplar
+    from vild.inference.registry import example_images
+
+    torch_det, onnx_det = pair
+    example = example_images()[0]
+    first = torch_det.detect(example, ["star"], threshold=0.05)[0]
+    assert len(first), "the bundled example has no star to take as an exemplar"
+    box = tuple(float(v) for v in first.boxes[0])
+    exemplars = [Exemplar("like this", example, box)]
+    ims = images()[:3]
+    want = torch_det.detect(ims, ["circle"], exemplars=exemplars, threshold=0.05, batch_size=1)
+    got = onnx_det.detect(ims, ["circle"], exemplars=exemplars, threshold=0.05)
+    assert want[0].class_names == got[0].class_names == ("circle", "like this")
+    for w, g in zip(want, got):
+        matched_pairs(w, g)
+    assert any((w.labels == 1).any() for w in want)  # the exemplar's row labels something
+
+
 def test_export_records_what_detect_needs(exported, pair):
     path, info = exported
     _, onnx_det = pair

@@ -199,7 +199,8 @@ def exemplar_vocabulary(detector, vocabulary, exemplars):
         vocabulary = list(vocabulary)
     text = None if vocabulary == [] else detector.encode_vocabulary(vocabulary)
     shown, keys, rows = encode_exemplars(detector.teacher, loaded)
-    rows = rows.to(detector.device)
+    device = detector.vocabularies.device  # where the vocabulary's rows live
+    rows = rows.to(device)
     names = list(text.names) if text is not None else []
     emb = list(text.embeddings.float()) if text is not None else []
     base = list(text.base.tolist()) if text is not None else []
@@ -213,7 +214,7 @@ def exemplar_vocabulary(detector, vocabulary, exemplars):
             emb.append(row)
             base.append(False)  # the text head never saw it: weighted like a novel name
     ids = tuple(extend_ids(text.category_ids, len(names))) if text is not None and text.category_ids else None
-    return Vocabulary(tuple(names), torch.stack(emb), torch.tensor(base, dtype=torch.bool, device=detector.device), ids)
+    return Vocabulary(tuple(names), torch.stack(emb), torch.tensor(base, dtype=torch.bool, device=device), ids)
 
 
 def extend_ids(category_ids, count: int) -> list[int]:

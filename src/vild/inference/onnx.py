@@ -161,15 +161,20 @@ class OnnxDetector:
                 f"vocabulary={len(self.vocabularies.default_entries)} names, providers={self.providers})")
 
     # ------------------------------------------------------------------ detection
-    def encode_vocabulary(self, vocabulary=None, *, what: str = "vocabulary") -> Vocabulary:
-        """As `Detector.encode_vocabulary` (the same code)."""
+    def encode_vocabulary(self, vocabulary=None, *, exemplars=None, what: str = "vocabulary") -> Vocabulary:
+        """As `Detector.encode_vocabulary` (the same code, exemplars included: the vocabulary
+        is an input of the graph, so example images need no re-export)."""
+        if exemplars is not None:
+            from vild.inference.exemplars import exemplar_vocabulary
+
+            return exemplar_vocabulary(self, vocabulary, exemplars)
         return self.vocabularies.encode(vocabulary, what=what)
 
     def check_labels(self, names: int, attributes: int | None) -> None:
         if attributes is not None:
             raise VildError("attributes are not part of the exported graph: use the PyTorch Detector")
 
-    def detect(self, images, vocabulary=None, *, attributes=None, threshold: float = 0.3,
+    def detect(self, images, vocabulary=None, *, exemplars=None, attributes=None, threshold: float = 0.3,
                max_detections: int = 100, method: str | None = None, batch_size: int = 4) -> list:
         """As `Detector.detect`: one image or many -> one `Detections` per image."""
         from vild.data.images import load_image
@@ -177,7 +182,7 @@ class OnnxDetector:
         self._check_call(attributes, method, threshold, max_detections)
         if batch_size < 1:
             raise VildError("batch_size must be >= 1")
-        vocab = self.encode_vocabulary(vocabulary)
+        vocab = self.encode_vocabulary(vocabulary, exemplars=exemplars)
         items = as_image_list(images)
         out = []
         for start in range(0, len(items), batch_size):  # images are decoded batch by batch
