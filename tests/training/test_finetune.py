@@ -33,8 +33,9 @@ def init_model(tiny_world, tmp_path_factory):
 def _cli(tiny_world, teacher, out, *extra):
     paths = world_paths(tiny_world)
     return ["train", "--images", str(paths["train_images"]), "--annotations", str(paths["train_all"]),
-            "--teacher", str(teacher), "--out", str(out), "--preset", "shapeworld-quick", "--steps", "2",
-            "--set", "batch_size=2", "--set", "warmup_steps=1", "--threads", "1", "--no-progress", *extra]
+            *(["--teacher", str(teacher)] if teacher else []), "--out", str(out), "--preset",
+            "shapeworld-quick", "--steps", "2", "--set", "batch_size=2", "--set", "warmup_steps=1",
+            "--threads", "1", "--no-progress", *extra]
 
 
 def test_initialise_from_reports_fresh_and_unused_weights(init_model):
@@ -93,6 +94,26 @@ def test_train_init_text_mode_kept_without_store(tiny_world, tiny_teacher_dir, i
     assert "weights loaded from" in capsys.readouterr().out
 
 
+def test_train_init_defaults_to_the_teacher_the_init_model_names(
+        tiny_world, tiny_teacher_dir, init_model, tmp_path, monkeypatch):
+    import shutil
+
+    from vild.teacher import Teacher
+    from vild.training.checkpoint import save_vocabulary
+
+    monkeypatch.setenv("VILD_CACHE_DIR", str(tmp_path / "cache"))
+    init = tmp_path / "named"
+    shutil.copytree(init_model, init)
+    identity = Teacher.load(str(tiny_teacher_dir)).identity
+    save_vocabulary(init, {"names": ["x"], "synonyms": [[]], "category_ids": [1], "base": [True],
+                           "teacher": {"name": str(tiny_teacher_dir), "identity": identity}},
+                    torch.zeros(1, 16))
+    out = tmp_path / "ft"
+    assert main(_cli(tiny_world, None, out, "--init", str(init))) == 0
+    vocab, _ = load_vocabulary(out)
+    assert vocab["teacher"] == {"name": str(tiny_teacher_dir), "identity": identity}
+
+
 def _no_categories(tmp_path, tiny_world):
     data = load_json(world_paths(tiny_world)["train_all"])
     path = tmp_path / "nocats.json"
@@ -106,12 +127,13 @@ def _no_categories(tmp_path, tiny_world):
     ("dim", "embeds regions in 8 dimensions, the teacher in 16"),
     ("categories", "has no categories"),
     ("store", "holds 8-d embeddings, the model embeds in 16"),
+    ("no teacher", "does not say which teacher it was trained with: give --teacher"),
 ])
 def test_train_init_errors_are_one_line(case, message, tiny_world, tiny_teacher_dir, init_model,
                                         tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VILD_CACHE_DIR", str(tmp_path / "cache"))
     init, extra = init_model, []
-    argv = _cli(tiny_world, tiny_teacher_dir, tmp_path / "out")
+    argv = _cli(tiny_world, None if case == "no teacher" else tiny_teacher_dir, tmp_path / "out")
     if case == "missing":
         init = tmp_path / "nowhere"
     elif case == "incomplete":

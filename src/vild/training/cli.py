@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-proposals", type=int, default=300,
                    help="with --init and no --region-store: proposals per image whose teacher "
                    "embeddings are distilled")
-    p.add_argument("--teacher", required=True, help="teacher folder, hf-hub:org/repo or ARCH:tag")
+    p.add_argument("--teacher", help="teacher folder, hf-hub:org/repo or ARCH:tag (required; with "
+                   "--init, default: the teacher the init model names)")
     p.add_argument("--preset", default="shapeworld", help="named recipe (see vild.training.presets)")
     p.add_argument("--mode", choices=["text", "image", "vild", "ensemble"], help="ViLD variant")
     p.add_argument("--steps", type=int)
@@ -81,6 +82,17 @@ def _init_folder(spec: str):
     return Path(spec)
 
 
+def _init_teacher(folder) -> str:
+    """The teacher an init model folder names (detector.json, else vocabulary.json)."""
+    from vild.errors import VildError
+    from vild.inference.registry import resolve
+
+    spec = resolve(str(folder)).teacher
+    if not spec:
+        raise VildError(f"--init model {folder} does not say which teacher it was trained with: give --teacher")
+    return spec
+
+
 def _run(args, device, info) -> int:
     from pathlib import Path
 
@@ -104,6 +116,10 @@ def _run(args, device, info) -> int:
         world_split="train_all" if args.supervised else "train_base",
     )
     init = finetune.check_init_folder(_init_folder(args.init), args.init) if args.init else None
+    if not args.teacher:
+        if init is None:
+            raise VildError("give --teacher (folder, hf-hub:org/repo or ARCH:tag)")
+        args.teacher = _init_teacher(init)
     if (Path(args.out) / MODEL_WEIGHTS).exists() and not args.resume:  # before minutes of embedding
         raise VildError(f"{args.out} already holds a trained model; use --resume or another --out")
     model_over, train_over = parse_overrides(args.set)
