@@ -80,8 +80,12 @@ def test_train_init_builds_the_region_store_and_saves_the_new_vocabulary(
     assert vocab["category_ids"] == sorted(c["id"] for c in annotations["categories"])
     assert vocab["base"] == [c in labelled for c in vocab["category_ids"]]
     assert text.shape == (len(vocab["names"]), 16)
-    # a rerun into the same folder reuses the store (resume) and the finished model
+    # a rerun without --resume is refused at once; with it, the finished folder is left as it is
+    weights = (out / "model.safetensors").read_bytes()
+    assert main(argv) == 1 and "already holds a trained model" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert "embedding the top" not in capsys.readouterr().out
 
 
 def test_train_init_text_mode_kept_without_store(tiny_world, tiny_teacher_dir, init_model, tmp_path,

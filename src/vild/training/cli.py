@@ -120,7 +120,8 @@ def _run(args, device, info) -> int:
         if init is None:
             raise VildError("give --teacher (folder, hf-hub:org/repo or ARCH:tag)")
         args.teacher = _init_teacher(init)
-    if (Path(args.out) / MODEL_WEIGHTS).exists() and not args.resume:  # before minutes of embedding
+    finished = (Path(args.out) / MODEL_WEIGHTS).exists()
+    if finished and not args.resume:  # said before minutes of embedding regions
         raise VildError(f"{args.out} already holds a trained model; use --resume or another --out")
     model_over, train_over = parse_overrides(args.set)
     if args.mode:
@@ -183,7 +184,7 @@ def _run(args, device, info) -> int:
     if model_config.uses_distillation:
         if store:
             finetune.check_region_store(store, teacher, model_config.embed_dim)
-        elif init is not None:
+        elif init is not None and not finished:  # (a finished folder is returned untouched)
             store_teacher = teacher if device.type == "cpu" else Teacher.load(args.teacher, device=device)
             store = finetune.build_region_store(
                 init, images, annotations, store_teacher, Path(args.out), num_proposals=args.num_proposals,
