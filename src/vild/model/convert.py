@@ -1,7 +1,7 @@
-"""`Detections` at the edges: a plain dict, COCO/LVIS results, `supervision.Detections`, and
-the one mask -> COCO RLE encoder that every writer (`vild detect`, `vild eval`, the service)
-uses, with one threshold rule: a pixel belongs to the mask when its probability is
->= `mask_threshold` (0.5 unless told).
+"""`Detections` at the edges: a plain dict, COCO/LVIS results, `supervision.Detections`, the
+transformers zero-shot-object-detection pipeline's list, and the one mask -> COCO RLE encoder
+that every writer (`vild detect`, `vild eval`, the service) uses, with one threshold rule: a
+pixel belongs to the mask when its probability is >= `mask_threshold` (0.5 unless told).
 """
 
 from __future__ import annotations
@@ -152,3 +152,29 @@ def detections_to_supervision(det: Detections, *, mask_threshold: float = MASK_T
         class_id=det.labels.detach().cpu().numpy().astype(int),
         data=data,
     )
+
+
+def detections_to_hf(det: Detections, *, threshold: float | None = None, top_k: int | None = None) -> list[dict]:
+    """What the transformers ``zero-shot-object-detection`` pipeline returns for one image:
+    ``[{"score": float, "label": str, "box": {"xmin": int, "ymin": int, "xmax": int,
+    "ymax": int}}, ...]`` sorted by score, highest first (a stable sort: ties keep detection
+    order). As the pipeline does, box corners are cast with ``Tensor.int()``, i.e. truncated
+    toward zero, not rounded; ``threshold`` keeps scores above it and ``top_k`` the first k
+    (the pipeline's own call arguments; default: every detection). Needs ``class_names``."""
+    import torch
+
+    if det.class_names is None:
+        raise ConversionError(
+            "to_hf() needs class names (the label strings): give Detections(class_names=...); "
+            "Detector results carry them")
+    # the pipeline: `score = scores[i].item()` and `xmin, ... = box.int().tolist()`
+    scores = det.scores.detach().to("cpu", torch.float32).tolist()
+    boxes = det.boxes.detach().to("cpu", torch.float32).int().tolist()
+    out = [
+        {"score": score, "label": label,
+         "box": {"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3]}}
+        for score, label, box in zip(scores, det.label_names or [], boxes)
+        if threshold is None or score > threshold
+    ]
+    out.sort(key=lambda r: r["score"], reverse=True)
+    return out[:top_k] if top_k else out

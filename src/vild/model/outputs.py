@@ -24,7 +24,7 @@ class Detections:
     class_names: label index -> name (e.g. "red star" with attributes), or None
 
     Conversions at the edges (`vild.model.convert`): `to_dict()`, `to_coco_results()`,
-    `to_supervision()`.
+    `to_supervision()`, `to_hf()`.
     """
 
     boxes: torch.Tensor
@@ -107,6 +107,14 @@ class Detections:
         from vild.model.convert import detections_to_supervision
 
         return detections_to_supervision(self, mask_threshold=mask_threshold)
+
+    def to_hf(self, *, threshold: float | None = None, top_k: int | None = None) -> list[dict]:
+        """The transformers zero-shot-object-detection pipeline's output: a list sorted by score
+        of ``{"score": float, "label": str, "box": {"xmin", "ymin", "xmax", "ymax"} (int)}``;
+        needs `class_names`."""
+        from vild.model.convert import detections_to_hf
+
+        return detections_to_hf(self, threshold=threshold, top_k=top_k)
 
 
 @dataclass(frozen=True)

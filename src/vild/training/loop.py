@@ -40,6 +40,7 @@ from vild.training.checkpoint import (
     save_vocabulary,
 )
 from vild.training.config import TrainConfig, learning_rate
+from vild.training.finetune import initialise_from
 
 
 @dataclass(frozen=True)
@@ -50,27 +51,6 @@ class TrainData:
     annotations: str
     category_ids: tuple[int, ...]
     region_store: str | None = None
-
-
-def initialise_from(model: torch.nn.Module, folder: str | Path, modules: tuple[str, ...] = ()) -> list[str]:
-    """Copy every weight of a saved model whose name and shape match (under `modules`, if
-    given); returns the names copied."""
-    from safetensors.torch import load_file
-
-    path = Path(folder) / MODEL_WEIGHTS
-    if not path.is_file():
-        raise VildError(f"init_from: {path} not found")
-    source = load_file(str(path))
-    own = model.state_dict()
-    copied = {
-        k: v for k, v in source.items()
-        if k in own and own[k].shape == v.shape
-        and (not modules or any(k.startswith(m) for m in modules))
-    }
-    if not copied:
-        raise VildError(f"init_from: no weight of {path} fits this model")
-    model.load_state_dict(copied, strict=False)
-    return sorted(copied)
 
 
 def _to_device(images, targets, device: torch.device):
@@ -258,7 +238,9 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
     )
     batches = StepBatches(dataset, train_config)
     if train_config.init_from:
-        initialise_from(model, train_config.init_from, tuple(train_config.init_modules))
+        report = initialise_from(model, train_config.init_from, tuple(train_config.init_modules))
+        if info.is_main:
+            print(report.summary(), flush=True)
     for name, param in model.named_parameters():
         if any(name.startswith(prefix) for prefix in train_config.freeze):
             param.requires_grad_(False)

@@ -49,6 +49,12 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # of 2000 images, ~20 min on 2 cores) give box APc 48 on the base names; 600 steps gave 1.7
     # (benchmarks/results/shapeworld_diagnostics{,_600steps}.json).
     "shapeworld": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=4000)),
+    # Fine-tuning a trained ShapeWorld model on new data of the same look (`vild train --init`):
+    # a short schedule at a quarter of the from-scratch learning rate, backbone and RPN kept
+    # as they are (as the bundled model's heads were trained on its trunk; ~2x faster steps
+    # on CPU). benchmarks/results/finetune.md.
+    "shapeworld-finetune": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=300, lr=0.01, warmup_steps=20,
+                                                    freeze=("backbone", "rpn"))),
     # A few steps, for plumbing tests and --quick runs.
     "shapeworld-quick": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=12, warmup_steps=4)),
     # The official LVIS recipe (vild-method.md), R50-FPN and R152-FPN at 1024 px: global batch

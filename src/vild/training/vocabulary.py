@@ -20,7 +20,8 @@ def dataset_vocabulary(annotation_file: str | os.PathLike) -> dict:
     data = load_json(annotation_file)
     categories = sorted(data.get("categories") or [], key=lambda c: c["id"])
     if not categories:
-        raise VildError(f"{annotation_file} has no categories")
+        raise VildError(f"{annotation_file} has no categories (the COCO/LVIS 'categories' list "
+                        "names what is trained)")
     return {
         "names": [c["name"] for c in categories],
         "synonyms": [list(c.get("synonyms") or []) for c in categories],
@@ -28,6 +29,16 @@ def dataset_vocabulary(annotation_file: str | os.PathLike) -> dict:
         "base": [not c.get("novel", c.get("frequency") == "r") for c in categories],
         "frequency": [c.get("frequency") for c in categories],
     }
+
+
+def labelled_category_ids(annotation_file: str | os.PathLike, vocabulary: dict) -> list[int]:
+    """The vocabulary's category ids that at least one annotation of the file labels (a
+    category listed but never annotated is not trained, so it stays zero-shot)."""
+    used = {int(a["category_id"]) for a in load_json(annotation_file).get("annotations") or []}
+    ids = [c for c in vocabulary["category_ids"] if c in used]
+    if not ids:
+        raise VildError(f"{annotation_file} has no annotation of any of its categories")
+    return ids
 
 
 def vocabulary_entries(vocabulary: dict) -> list[list[str]]:
