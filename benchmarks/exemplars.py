@@ -19,6 +19,13 @@ evaluation, through the prediction path of `vild detect`), with the vocabulary t
 the evaluated images (their 1x + 1.5x crop embeddings, nearest row) with each vocabulary, to
 separate what the exemplars carry from what the detector makes of them.
 
+Rows made of exemplars alone are weighted like base names in ViLD-ensemble (the library's rule,
+`vild.inference.exemplars`); `--exemplar-weighting novel` measures the other rule.
+
+`--self-label` runs on the model's bundled example images instead: the objects found by name at
+0.3, each replaced in the vocabulary by an exemplar cut from its own box: is the exemplar the
+best label at that box, under each weighting rule?
+
 `--methods` scores every row with other methods (default: the model's own, vild-ensemble);
 `--methods vild-image,vild-text` scores with each head alone (the distillation head, the text
 head), to show how exemplar rows relate to the ensemble. Writes `--out` (.json and .md).
@@ -27,6 +34,7 @@ head), to show how exemplar rows relate to the ensemble. Writes `--out` (.json a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -78,6 +86,12 @@ def draw_exemplars(annotations: dict, images_dir: Path, category_ids, names, *, 
 
 def evaluate(det: Detector, vocabulary, exemplars, ids_by_name: dict, novel_ids, paths, args, method=None) -> dict:
     vocab = det.encode_vocabulary(vocabulary, exemplars=exemplars)
+    if args.exemplar_weighting == "novel" and exemplars:
+        # the other rule: rows made of exemplars alone weighted like novel names (lambda on the
+        # distillation head) instead of like base names, as the library does
+        text_names = {n if isinstance(n, str) else n[0] for n in vocabulary}
+        alone = torch.tensor([n not in text_names for n in vocab.names], device=vocab.base.device)
+        vocab = dataclasses.replace(vocab, base=vocab.base & ~alone)
     ids = [ids_by_name[n] for n in vocab.names]
     started = time.perf_counter()
     out = evaluate_detector(
@@ -122,6 +136,38 @@ def teacher_probe(det: Detector, annotations: dict, images_dir: Path, vocabulari
         out[label] = {"top1_novel": float(right[novel].float().mean()) * 100,
                       "top1_base": float(right[~novel].float().mean()) * 100,
                       "cosine_novel_to_own_row": float(own[novel].mean())}
+    return out
+
+
+@torch.no_grad()
+def self_label(det: Detector, top: int = 6) -> dict:
+    """On each bundled example: the `top` objects found by name at 0.3; each one's name
+    replaced by an exemplar of its own box ("query"): how often "query" is the best label at
+    that box (IoU > 0.7), with exemplar-only rows weighted as base (the library) and as novel."""
+    from torchvision.ops import box_iou
+
+    from vild.data.images import load_image
+
+    out = {"base": {"hits": 0, "objects": 0}, "novel": {"hits": 0, "objects": 0}, "images": []}
+    for example in det.examples:
+        image = load_image(example)
+        found = det.detect(image, threshold=0.3)[0]
+        row = {"image": Path(example).name}
+        for rule in ("base", "novel"):
+            hits = 0
+            for i in range(min(top, len(found))):
+                box, name = found.boxes[i], found.label_names[i]
+                vocab = det.encode_vocabulary([n for n in det.default_vocabulary if n != name],
+                                              exemplars={"query": (image, box.tolist())})
+                if rule == "novel":
+                    vocab = dataclasses.replace(vocab, base=vocab.base & torch.tensor([n != "query" for n in vocab.names]))
+                d = det.detect(image, vocab, threshold=0.0, max_detections=300)[0]
+                at = (box_iou(d.boxes, box[None])[:, 0] > 0.7).nonzero()[:, 0]
+                hits += bool(len(at)) and d.label_names[int(at[d.scores[at].argmax()])] == "query"
+            row[rule] = f"{hits}/{min(top, len(found))}"
+            out[rule]["hits"] += hits
+            out[rule]["objects"] += min(top, len(found))
+        out["images"].append(row)
     return out
 
 
@@ -194,9 +240,15 @@ def main() -> int:
     p.add_argument("--shots", type=int, default=1, help="exemplars per novel category")
     p.add_argument("--methods", default=None, help="comma-separated scoring methods (default: the model's own)")
     p.add_argument("--conditions", default="text,exemplar,both", help="which of text, exemplar, both to run")
+    p.add_argument("--exemplar-weighting", choices=("base", "novel"), default="base",
+                   help="ViLD-ensemble weighting of rows made of exemplars alone: base (the library's "
+                        "rule: lambda on the text head) or novel (the other rule: lambda on the "
+                        "distillation head)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "exemplars.json")
     p.add_argument("--markdown-only", action="store_true", help="rewrite --out's .md from its .json and exit")
+    p.add_argument("--self-label", action="store_true",
+                   help="no evaluation: does an exemplar label its own object in the bundled examples?")
     p.add_argument("--teacher-probe", action="store_true",
                    help="no detector: the teacher names the evaluated ground-truth boxes with each vocabulary")
     args = p.parse_args()
@@ -225,8 +277,14 @@ def main() -> int:
         "threads": args.threads, "loadavg_start": os.getloadavg(), "model": det.name, "method": det.method,
         "teacher": _shown(det.teacher_spec), "world": _shown(args.world), "val_images": args.val_images,
         "val_count": len(annotations["images"]), "draws": args.draws, "shots": args.shots, "novel": novel,
+        "exemplar_weighting": args.exemplar_weighting,
     }, "draws": [], "runs": [], "rows": []}
     out_md = args.out.with_suffix(".md")
+    if args.self_label:
+        result["self_label"] = self_label(det)
+        print(result["self_label"], flush=True)
+        save_json(args.out, result)
+        return 0
     if args.teacher_probe:
         for seed in range(args.draws):
             exemplars, record = draw_exemplars(annotations, paths["val_images"], novel_ids, novel,
@@ -268,7 +326,8 @@ def main() -> int:
     groups: dict[tuple, list[dict]] = {}
     for r in result["runs"]:
         groups.setdefault((r["label"], r["method"]), []).append(r)
-    labels = {"text": "name (text)", "exemplar": f"{args.shots} exemplar(s) alone",
+    weighting = "" if args.exemplar_weighting == "base" else ", weighted as novel"
+    labels = {"text": "name (text)", "exemplar": f"{args.shots} exemplar(s) alone{weighting}",
               "both": f"name + {args.shots} exemplar(s), averaged"}
     result["rows"] = [{"label": labels[label], "method": method, "n": len(runs), "summary": summary(runs)}
                       for (label, method), runs in groups.items()]

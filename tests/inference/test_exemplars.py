@@ -108,7 +108,7 @@ def test_load_exemplars(tmp_path):
 def test_an_exemplar_row_is_the_distillation_target(detector):
     img = scene()
     vocab = detector.encode_vocabulary([], exemplars={"thing": (img, RED)})
-    assert vocab.names == ("thing",) and vocab.base.tolist() == [False]
+    assert vocab.names == ("thing",) and vocab.base.tolist() == [True]
     torch.testing.assert_close(vocab.embeddings[0], teacher_row(detector, img, RED))
     # a crop is the whole-image case: the row of the crop itself
     crop = img[8:32, 8:32]
@@ -136,15 +136,16 @@ def test_exemplars_mix_with_text_names_in_one_vocabulary(detector):
     row = teacher_row(detector, img, RED)
     mixed = detector.encode_vocabulary(["circle", "square"], exemplars={"thing": (img, RED)})
     assert mixed.names == ("circle", "square", "thing")
-    assert mixed.base.tolist() == [True, True, False]  # an exemplar row counts as novel
+    assert mixed.base.tolist() == [True, True, True]  # an exemplar row is weighted like a base name
     torch.testing.assert_close(mixed.embeddings[:2], text.embeddings)
     torch.testing.assert_close(mixed.embeddings[2], row)
     # an exemplar named like a text name joins its row: text and exemplars in equal halves,
-    # and the name keeps its base flag
-    joined = detector.encode_vocabulary(["circle", "square"], exemplars={"Circle": (img, RED)})
-    assert joined.names == ("circle", "square") and joined.base.tolist() == [True, True]
+    # and the name keeps its flag (star is novel in this model)
+    joined = detector.encode_vocabulary(["circle", "star"], exemplars={"Circle": (img, RED), "star": (img, BLUE)})
+    assert joined.names == ("circle", "star") and joined.base.tolist() == [True, False]
     torch.testing.assert_close(joined.embeddings[0], F.normalize(text.embeddings[0] + row, dim=0))
-    torch.testing.assert_close(joined.embeddings[1], text.embeddings[1])
+    star = detector.encode_vocabulary(["star"]).embeddings[0]
+    torch.testing.assert_close(joined.embeddings[1], F.normalize(star + teacher_row(detector, img, BLUE), dim=0))
     # None is the model's default vocabulary, exemplars added after it
     default = detector.encode_vocabulary(None, exemplars={"thing": (img, RED)})
     assert default.names == (*detector.default_vocabulary, "thing")
@@ -206,22 +207,30 @@ def bundled():
 
 def test_an_exemplar_of_a_found_object_labels_that_object(bundled):
     """The bundled model finds objects by name; an exemplar cut from one of them (its box), in
-    that name's place in the vocabulary, is then that object's best label, at the same place."""
+    that name's place in the vocabulary, is then that object's best label, at the same place.
+    Not for every object: 4 of the 6 best in this example (benchmarks/exemplars.py
+    --self-label counts 13 of 18 over the bundled examples). And the object's own crop scores
+    it higher than the other objects' crops do, which a wrong crop or row would not."""
     from vild.data.images import load_image
 
     image = load_image(bundled.examples[0])
     found = bundled.detect(image, threshold=0.3)[0]
-    assert len(found) >= 3, "the bundled model finds too little in its own example"
-    checked = 0
-    for k in range(3):  # the three best objects, each its own query
-        box, name = found.boxes[k].tolist(), found.label_names[k]
-        others = [n for n in bundled.default_vocabulary if n != name]
-        d = bundled.detect(image, others, exemplars={"query": (image, box)}, threshold=0.0, max_detections=300)[0]
-        at = [i for i in range(len(d)) if _iou(d.boxes[i], box) > 0.7]
-        best = max(at, key=lambda i: float(d.scores[i]))
-        assert d.label_names[best] == "query", (name, [(d.label_names[i], round(float(d.scores[i]), 3)) for i in at])
-        checked += 1
-    assert checked == 3
+    assert len(found) >= 6, "the bundled model finds too little in its own example"
+    boxes, names = [b.tolist() for b in found.boxes[:6]], found.label_names[:6]
+    labelled, own_wins = [], 0
+    for k in range(6):
+        others = [n for n in bundled.default_vocabulary if n != names[k]]
+        scores = []  # "query"'s score at object k's box, with the exemplar cut from object j
+        for j in range(6):
+            d = bundled.detect(image, others, exemplars={"query": (image, boxes[j])}, threshold=0.0,
+                               max_detections=300)[0]
+            at = [i for i in range(len(d)) if _iou(d.boxes[i], boxes[k]) > 0.7]
+            scores.append(max([float(d.scores[i]) for i in at if d.label_names[i] == "query"], default=0.0))
+            if j == k and at and d.label_names[max(at, key=lambda i: float(d.scores[i]))] == "query":
+                labelled.append(names[k])
+        own_wins += scores[k] > sum(scores[:k] + scores[k + 1:]) / 5
+    assert len(labelled) >= 3, labelled  # 4 on this machine; margin for other CPUs' rounding
+    assert own_wins >= 4, own_wins  # 5 on this machine
 
 
 # ---------------------------------------------------------------------- the CLI

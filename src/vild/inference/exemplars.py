@@ -11,11 +11,13 @@ are averaged and re-normalised; an exemplar named like a text name (after name n
 is averaged with that name's text embedding (equal halves: the text row and the exemplars'
 mean), so one name is one row and one label.
 
-Exemplar rows then go through the one scoring path unchanged, as *novel* rows: the text head
-never saw them in training, so ViLD-ensemble weights them like novel names (lambda = 2/3 on the
-distillation head, whose embeddings live in the same image space as the exemplar). A row that
-mixes a base name's text with exemplars keeps that name's base flag. docs/inference.md
-("Queries by example") gives the measurements behind this choice.
+Exemplar rows then go through the one scoring path unchanged. ViLD-ensemble's weighting of a
+row follows its base flag: a row with a text name keeps that name's flag; a row made of
+exemplars alone is flagged base, so lambda = 2/3 goes on the text head (its background column
+and its box-level training) and 1/3 on the distillation head (which shares the exemplar's
+image space). The other rule, novel weighting (2/3 on the distillation head), scored APr 3.0
+against 4.9 on ShapeWorld-OV, lower in each of 3 draws: docs/inference.md ("Queries by example
+image") and benchmarks/results/exemplars*.md.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ def exemplar_vocabulary(detector, vocabulary, exemplars):
         else:
             names.append(name)
             emb.append(row)
-            base.append(False)  # the text head never saw it: weighted like a novel name
+            base.append(True)  # measured: the text-head-heavy weighting finds more (module docstring)
     ids = tuple(extend_ids(text.category_ids, len(names))) if text is not None and text.category_ids else None
     return Vocabulary(tuple(names), torch.stack(emb), torch.tensor(base, dtype=torch.bool, device=device), ids)
 
