@@ -13,15 +13,20 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["embed_regions", "select_proposals", "RegionStore"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vild.regions.embed import embed_regions, select_proposals
+    from vild.regions.embed import embed_regions
+    from vild.regions.proposals import select_proposals
     from vild.regions.store import RegionStore
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("embed_regions", "select_proposals"):
-        from vild.regions import embed
+    if name == "embed_regions":
+        from vild.regions.embed import embed_regions
 
-        return getattr(embed, name)
+        return embed_regions
+    if name == "select_proposals":
+        from vild.regions.proposals import select_proposals
+
+        return select_proposals
     if name == "RegionStore":
         from vild.regions.store import RegionStore
 

@@ -16,10 +16,8 @@ process writes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,174 +27,31 @@ import torch.nn.functional as F
 from vild.data.loading import loader_options
 from vild.errors import VildError
 from vild.io import atomic_write_bytes, load_json, save_json
+from vild.regions.inputs import _collate_list, _ImageSource
+from vild.regions.proposals import Proposer, _unpack_proposal, select_proposals
+from vild.regions.ranks import _all_gather, _barrier, _broadcast, _ranks
+from vild.regions.resume import (
+    Entry,
+    _checkpoint_batch,
+    _json_roundtrip,
+    _load_part,
+    _part_shard_index,
+    _plan_digest,
+    _prepare_store,
+    _read_record,
+    _shard_entry_valid,
+    entry_name,
+)
 from vild.regions.store import (
     FORMAT,
     MANIFEST_NAME,
     VERSION,
     RegionStore,
-    decode_shard_bytes,
     encode_shard,
-    part_name,
-    sha256_file,
     shard_name,
 )
 
-__all__ = ["embed_regions", "select_proposals"]
-
-Proposer = Callable[[list[torch.Tensor]], Sequence[Any]]
-Entry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # boxes [P,4], scores [P], emb [P,D]
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-class _ImageSource(torch.utils.data.Dataset):
-    """Index -> (index, raw image [3, H, W] in 0..1), from a dataset or (image_id, image) items."""
-
-    def __init__(self, dataset_or_items: Any) -> None:
-        if hasattr(dataset_or_items, "image_ids") and hasattr(dataset_or_items, "load_image"):
-            self.dataset = dataset_or_items
-            self.items = None
-            self.image_ids = [int(i) for i in dataset_or_items.image_ids]
-        else:
-            items = dataset_or_items
-            if not isinstance(items, Sequence):
-                items = list(items)
-            for item in items[:1]:
-                if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                    raise TypeError(
-                        "embed_regions needs a DetectionDataset (image_ids + load_image) or a "
-                        "sequence of (image_id, image tensor [3,H,W] | path) pairs"
-                    )
-            self.dataset = None
-            self.items = items
-            self.image_ids = [int(item[0]) for item in items]
-        if len(set(self.image_ids)) != len(self.image_ids):
-            raise VildError("duplicate image ids in the images to embed")
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
-        if self.dataset is not None:
-            image = self.dataset.load_image(index)
-        else:
-            image = self.items[index][1]
-            if isinstance(image, (str, os.PathLike)):
-                from vild.data.images import load_image
-
-                image = load_image(image)
-        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-            raise VildError(f"image {self.image_ids[index]}: expected a tensor [3, H, W]")
-        if image.dtype == torch.uint8:
-            image = image.float() / 255.0
-        return index, image.float()
-
-
-def _collate_list(batch: list) -> list:
-    return batch
-
-
-# ----------------------------------------------------------------------------- proposals
-
-
-def select_proposals(boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int], *,
-                     num_proposals: int, min_box_size: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip boxes [P, 4] xyxy to the image (h, w), drop non-finite and boxes with a side below
-    `min_box_size` px, keep the top `num_proposals` by score (stable) -> (boxes, scores) float32."""
-    boxes = boxes.detach().to("cpu", torch.float32).reshape(-1, 4)
-    scores = scores.detach().to("cpu", torch.float32).reshape(-1)
-    if boxes.shape[0] != scores.shape[0]:
-        raise VildError(f"proposer returned {boxes.shape[0]} boxes but {scores.shape[0]} scores")
-    h, w = image_size
-    boxes = boxes.clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    keep = (
-        torch.isfinite(boxes).all(1) & torch.isfinite(scores)
-        & ((boxes[:, 2] - boxes[:, 0]) >= min_box_size)
-        & ((boxes[:, 3] - boxes[:, 1]) >= min_box_size)
-    )
-    boxes, scores = boxes[keep], scores[keep]
-    order = torch.sort(scores, descending=True, stable=True).indices[:num_proposals]
-    return boxes[order].contiguous(), scores[order].contiguous()
-
-
-def _unpack_proposal(p: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(p, dict):
-        return p["boxes"], p["scores"]
-    if hasattr(p, "boxes") and hasattr(p, "scores"):
-        return p.boxes, p.scores
-    boxes, scores = p
-    return boxes, scores
-
-
-# ----------------------------------------------------------------------------- manifest
-
-
-def _plan_digest(image_ids: Sequence[int]) -> str:
-    return hashlib.sha256(json.dumps([int(i) for i in image_ids]).encode()).hexdigest()
-
-
-def _json_roundtrip(obj: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(obj))
-    except (TypeError, ValueError) as e:
-        raise VildError(f"{what} must be JSON-serialisable: {e}") from None
-
-
-_COMPAT_KEYS = (
-    ("teacher identity", lambda m: m["teacher"]["identity"]),
-    ("embed_dim", lambda m: m["embed_dim"]),
-    ("num_proposals", lambda m: m["num_proposals"]),
-    ("crop_scales", lambda m: m["crop_scales"]),
-    ("min_box_size", lambda m: m["min_box_size"]),
-    ("shard_size", lambda m: m["shard_size"]),
-    ("images (count and order)", lambda m: (m["num_images"], m["image_ids_sha256"])),
-    ("metadata", lambda m: m["metadata"]),
-)
-
-
-def _check_compatible(old: dict, new: dict, out_dir: Path) -> None:
-    if old.get("format") != FORMAT:
-        raise VildError(f"{out_dir / MANIFEST_NAME} is not a {FORMAT} manifest; choose another folder")
-    if int(old.get("version", -1)) != VERSION:
-        raise VildError(f"{out_dir}: store version {old.get('version')} != {VERSION}; "
-                        "resume=False to rebuild it")
-    for what, get in _COMPAT_KEYS:
-        try:
-            a = get(old)
-        except (KeyError, TypeError):
-            a = None
-        b = get(new)
-        if a != b:
-            if what == "teacher identity":
-                raise VildError(
-                    f"{out_dir} was made by teacher {a}, not {b}; refusing to resume into it "
-                    "(use another folder, or resume=False to rebuild it)"
-                )
-            raise VildError(
-                f"{out_dir} was made with a different {what} ({a!r} != {b!r}); refusing to "
-                "resume into it (use another folder, or resume=False to rebuild it)"
-            )
-
-
-def _is_ours(name: str) -> bool:
-    return (name.startswith("shard-") and name.endswith(".safetensors")) or (
-        name.startswith(".") and name.endswith(".tmp")
-        and (name.startswith(".shard-") or name.startswith(f".{MANIFEST_NAME}."))
-    )
-
-
-def _remove_store_files(out_dir: Path, *, keep: set[str] = frozenset(), manifest: bool = False) -> None:
-    for p in out_dir.iterdir():
-        if p.is_file() and _is_ours(p.name) and p.name not in keep:
-            p.unlink(missing_ok=True)
-    if manifest:
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- main entry
+__all__ = ["embed_regions"]
 
 
 def embed_regions(
@@ -389,97 +244,6 @@ def embed_regions(
     return RegionStore(out_dir)
 
 
-# ----------------------------------------------------------------------------- ranks
-
-
-def entry_name(index: int) -> str:
-    """The record a rank writes next to a shard it finished (multi-process runs only)."""
-    return f"shard-{index:05d}.entry.json"
-
-
-def _ranks() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _broadcast(obj: Any) -> Any:
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_gather(obj: Any) -> list:
-    import torch.distributed as dist
-
-    out: list = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
-def _part_shard_index(path: Path) -> int | None:
-    try:
-        return int(path.name.split(".")[0].split("-")[1])
-    except (IndexError, ValueError):
-        return None
-
-
-def _read_record(path: Path) -> dict | None:
-    try:
-        entry = load_json(path)
-        int(entry["index"])
-        return entry
-    except (VildError, KeyError, TypeError, ValueError):
-        return None
-
-
-def _prepare_store(out_dir: Path, manifest: dict, *, resume: bool, image_ids: list[int],
-                   shard_size: int) -> tuple[dict[int, dict], list[Path]]:
-    """Check a store folder against the plan and clean it: -> (finished shards worth keeping,
-    rank records to delete once the manifest lists them)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VildError(f"{out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / MANIFEST_NAME
-    done: dict[int, dict] = {}
-    had_manifest = manifest_path.exists()
-    if had_manifest and resume:
-        old = load_json(manifest_path)
-        _check_compatible(old, manifest, out_dir)
-        for entry in old.get("shards", []):
-            k = int(entry.get("index", -1))
-            if _shard_entry_valid(out_dir, entry, k, image_ids, shard_size):
-                done[k] = entry
-    records = sorted(out_dir.glob("shard-*.entry.json"))
-    if had_manifest and resume:  # shards a killed multi-process run finished but did not list
-        for path in records:
-            entry = _read_record(path)
-            if entry is None:
-                continue
-            k = int(entry["index"])
-            if k not in done and _shard_entry_valid(out_dir, entry, k, image_ids, shard_size):
-                done[k] = entry
-    keep_names = {e["file"] for e in done.values()}
-    if resume and had_manifest:
-        # keep part files too (checked by their shard's rank); drop temp files and unlisted shards
-        keep_names |= {p.name for p in out_dir.glob("shard-*.part-*.safetensors")}
-    _remove_store_files(out_dir, keep=keep_names, manifest=not resume)
-    return done, records
-
-
 def _run_batches(loader, proposer, teacher, out_dir: Path, *, image_ids, shard_size, num_proposals,
                  min_box_size, embed_dim, identity, crops_per_box, device, progress, total,
                  buffers, part_files, shard_positions, finish_shard) -> None:
@@ -546,60 +310,3 @@ def _encode(teacher, images: list[torch.Tensor], boxes: list[torch.Tensor],
             raise VildError("teacher returned non-finite region embeddings")
         out[i] = F.normalize(emb, dim=-1)
     return out
-
-
-def _checkpoint_batch(out_dir: Path, indices: list[int], entries: list[Entry], *, image_ids,
-                      shard_size, embed_dim, identity, buffers, part_files) -> None:
-    k = indices[0] // shard_size
-    start = indices[0] - k * shard_size
-    assert all(i // shard_size == k for i in indices) and indices == list(
-        range(indices[0], indices[0] + len(indices)))
-    ids = [image_ids[i] for i in indices]
-    data, _ = encode_shard(ids, entries, embed_dim=embed_dim, metadata={
-        "teacher_identity": identity, "shard": str(k), "start": str(start),
-    })
-    path = out_dir / part_name(k, start)
-    atomic_write_bytes(path, data)
-    part_files[k].append(path)
-    for j, entry in enumerate(entries):
-        buffers[k][start + j] = entry
-
-
-def _shard_entry_valid(out_dir: Path, entry: dict, k: int, image_ids: list[int], shard_size: int) -> bool:
-    """A manifest-listed shard is kept on resume iff its file exists with the listed size and
-    sha256 and it covers exactly the planned images of slot k."""
-    try:
-        path = out_dir / entry["file"]
-        if entry["file"] != shard_name(k) or not path.is_file():
-            return False
-        if path.stat().st_size != int(entry["size"]) or sha256_file(path) != entry["sha256"]:
-            return False
-        planned = image_ids[k * shard_size:(k + 1) * shard_size]
-        return [int(i) for i in entry["image_ids"]] == planned and len(planned) > 0
-    except (KeyError, TypeError, ValueError, OSError):
-        return False
-
-
-def _load_part(path: Path, identity: str, image_ids: list[int], shard_size: int,
-               buffers: dict[int, dict[int, Entry]], part_files: dict[int, list[Path]]) -> bool:
-    """Load a resume checkpoint into `buffers`; False if it is unusable (caller deletes it)."""
-    try:
-        tensors, meta = decode_shard_bytes(path.read_bytes(), name=str(path))
-        k, start = int(meta["shard"]), int(meta["start"])
-    except (VildError, KeyError, ValueError, OSError):
-        return False
-    if meta.get("teacher_identity") != identity or k not in buffers or path.name != part_name(k, start):
-        return False
-    ids = [int(i) for i in tensors["image_ids"].tolist()]
-    first = k * shard_size + start
-    if not ids or start + len(ids) > shard_size or ids != image_ids[first:first + len(ids)]:
-        return False
-    if any(start + j in buffers[k] for j in range(len(ids))):
-        return False
-    off = tensors["offsets"].tolist()
-    for j in range(len(ids)):
-        a, b = off[j], off[j + 1]
-        buffers[k][start + j] = (tensors["boxes"][a:b], tensors["scores"][a:b],
-                                 tensors["embeddings"][a:b])
-    part_files[k].append(path)
-    return True
