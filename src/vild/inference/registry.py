@@ -257,7 +257,7 @@ def _download_hf(repo: str) -> Path:
     try:
         path = snapshot_download(repo, allow_patterns=list(MODEL_FILES))
     except Exception as e:  # noqa: BLE001 - any failure means "no weights"
-        from vild.teacher.teacher import _download_reason, _one_line
+        from vild.teacher.factory import _download_reason, _one_line
 
         reason = _download_reason(e) or _one_line(e)
         raise WeightsUnavailableError(

@@ -27,8 +27,8 @@ __all__ = [
 
 _WHERE = {
     "Teacher": "teacher",
-    "weights_identity": "teacher",
-    "save_teacher_folder": "teacher",
+    "weights_identity": "folder",
+    "save_teacher_folder": "folder",
     "expand_boxes": "crops",
     "region_boxes": "crops",
     "crop_and_resize": "crops",
@@ -43,7 +43,8 @@ _WHERE = {
 if TYPE_CHECKING:  # pragma: no cover
     from vild.teacher.arch import ARCH_NAME, create_clip, register
     from vild.teacher.crops import crop_and_resize, expand_boxes, region_boxes
-    from vild.teacher.teacher import Teacher, save_teacher_folder, weights_identity
+    from vild.teacher.folder import save_teacher_folder, weights_identity
+    from vild.teacher.teacher import Teacher
     from vild.teacher.config import TeacherTrainConfig
     from vild.teacher.corpus import load_web_corpus
     from vild.teacher.train import train_teacher

@@ -54,7 +54,7 @@ def create_clip(model_cfg: dict | None = None, *, device: str = "cpu"):
     register()
     cfg = model_config() if model_cfg is None else copy.deepcopy(model_cfg)
     overrides = {k: copy.deepcopy(v) for k, v in cfg.items()}
-    from vild.teacher.teacher import _quiet_open_clip
+    from vild.teacher.factory import _quiet_open_clip
 
     force_custom_text = bool(overrides.pop("custom_text", False))
     with _quiet_open_clip():  # "no pretrained weights loaded" is the point here

@@ -15,42 +15,34 @@ was tried and what to do; a teacher is never silently randomly initialised.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import logging
 import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from vild.errors import VildError, WeightsUnavailableError
 from vild.teacher.crops import _check_boxes, crop_and_resize, region_boxes
+from vild.teacher.factory import (
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    _create,
+    _hf_offline,
+    _listing,
+    _one_line,
+    _quiet_open_clip,
+)
+from vild.teacher.folder import (
+    CHECKPOINT_PATTERNS,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    save_teacher_folder,
+    weights_identity,
+)
 
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-# What open_clip itself accepts as the weights file of a local-dir / hf-hub folder.
-CHECKPOINT_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
-LOCAL_DIR_PREFIX = "local-dir:"
-HF_HUB_PREFIX = "hf-hub:"
 REGION_SCALES = (1.0, 1.5)
-
-
-def weights_identity(model: torch.nn.Module) -> str:
-    """A stable short hash of a model's weights (names, shapes and values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(name.encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]
 
 
 class Teacher:
@@ -387,45 +379,6 @@ class Teacher:
         return outputs
 
 
-# ---------------------------------------------------------------------- helpers
-def save_teacher_folder(model: torch.nn.Module, path: str | os.PathLike, *, model_cfg: dict,
-                        preprocess_cfg: dict, info: dict | None = None) -> Path:
-    """Write an open_clip folder atomically: open_clip_config.json + open_clip_model.safetensors
-    (+ vild_teacher.json with `info` if given). The files are written to a hidden sibling
-    folder and renamed into place, so `path` is either absent/old or complete, never half."""
-    from safetensors.torch import save_file
-
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise VildError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_NAME).is_file():
-        raise VildError(f"{path} exists and is not a teacher folder; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if info is not None:
-            (tmp / "vild_teacher.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
 def _check_image(image: torch.Tensor) -> torch.Tensor:
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor [3, H, W] float 0..1, got {type(image).__name__}")
@@ -434,93 +387,3 @@ def _check_image(image: torch.Tensor) -> torch.Tensor:
     if not image.is_floating_point():
         raise ValueError(f"image must be float 0..1, got {image.dtype} (divide uint8 images by 255)")
     return image
-
-
-def _listing(items: Sequence[str], limit: int = 8) -> str:
-    items = list(items)
-    if not items:
-        return "none"
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
-
-
-def _download_reason(e: BaseException) -> str | None:
-    """A short reason for a failed Hugging Face / URL download, from the exception chain."""
-    seen = set()
-    chain = []
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    names = {type(x).__name__ for x in chain}
-    text = " ".join(str(x) for x in chain)
-    if "GatedRepoError" in names:
-        return "the repository is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
-    if "RepositoryNotFoundError" in names or "Repository Not Found" in text:
-        return "repository not found on the Hugging Face Hub (or private: log in with `hf auth login`)"
-    if "OfflineModeIsEnabled" in names or "LocalEntryNotFoundError" in names or "cannot find the requested files in the local cache" in text:
-        return "not in the local Hugging Face cache and the Hub could not be reached"
-    if "EntryNotFoundError" in names or "RemoteEntryNotFoundError" in names:
-        return "the repository has no open_clip_config.json or open_clip weights file"
-    if "URLError" in names or "Name or service not known" in text or "Temporary failure in name resolution" in text:
-        return "the download server could not be reached"
-    return None
-
-
-def _hf_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    # open_clip wraps errors repeatedly; the innermost message is the informative one
-    cause = e.__cause__
-    while cause is not None:
-        inner = " ".join(str(cause).split())
-        if inner:
-            text = inner
-        cause = cause.__cause__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class _OpenClipLogFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:  # drop open_clip's chatty warnings
-        return "open_clip" not in (record.pathname or "")
-
-
-@contextlib.contextmanager
-def _quiet_open_clip():
-    root = logging.getLogger()
-    flt = _OpenClipLogFilter()
-    root.addFilter(flt)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            yield
-    finally:
-        root.removeFilter(flt)
-
-
-def _create(model_name: str, pretrained: str | None, *, device, tried: str, fix: str,
-            cache_dir: str | None = None) -> Any:
-    """open_clip.create_model_from_pretrained (which refuses random init), errors -> one line."""
-    import open_clip
-
-    try:
-        with _quiet_open_clip():
-            model = open_clip.create_model_from_pretrained(
-                model_name, pretrained=pretrained, device=device, cache_dir=cache_dir,
-                return_transform=False, weights_only=True,
-            )
-    except WeightsUnavailableError:
-        raise
-    except Exception as e:  # noqa: BLE001 - every failure here means "no usable weights"
-        reason = _download_reason(e) if not model_name.startswith(LOCAL_DIR_PREFIX) else None
-        raise WeightsUnavailableError(f"could not load {tried}: {reason or _one_line(e)}; {fix}") from None
-    return model

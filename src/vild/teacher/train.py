@@ -90,8 +90,9 @@ def _train(world_dir, out_dir, config: TeacherTrainConfig, *, model_cfg, device,
 
     from vild.teacher.arch import create_clip
     from vild.teacher.batches import ContrastiveBatches, batch_stream
+    from vild.teacher.folder import save_teacher_folder
     from vild.teacher.pretrain import adamw
-    from vild.teacher.teacher import Teacher, save_teacher_folder
+    from vild.teacher.teacher import Teacher
     from vild.text.tower import encode_text_trimmed, inspect_text_tower
 
     torch.manual_seed(config.seed)
