@@ -1,14 +1,18 @@
 """Fine-tuning on your own data without losing the open vocabulary (`vild train --init`), on
 ShapeWorld-OV.
 
-    .venv/bin/python benchmarks/finetune.py --threads 1
+    .venv/bin/python benchmarks/finetune.py --threads 1 --train-images 1000   # the measured run
     .venv/bin/python benchmarks/finetune.py --quick      # plumbing only: a few steps and images
+    .venv/bin/python benchmarks/finetune.py --threads 1 --train-images 1000 --set freeze= \
+        --work benchmarks/work/finetune-unfrozen --name finetune_unfrozen   # nothing frozen
 
 The start is the bundled ViLD-ensemble (`src/vild/assets/models/shapeworld-vild-ensemble`,
 trained on the default world's base categories). The "user's own data" is the train split of
 the alt world (`make_world(categories="alt")`: 16 other categories, other names; generated as
 benchmarks/transfer.py does when missing), every alt category labelled
-(`train/annotations_all.json`). Two fine-tunes with the same schedule, learning rate and seed,
+(`train/annotations_all.json`; --train-images N keeps the first N images: 1000 in the measured
+run, which bounds the region store's cost). Two fine-tunes with the same schedule (--preset,
+default shapeworld-finetune: backbone and RPN frozen), learning rate and seed,
 both run through the CLI (`vild.cli.main`, the exact argv is recorded):
 
   with distillation      the init model's own mode (ViLD-ensemble); no --region-store, so the
@@ -27,7 +31,8 @@ The init model is also scored with its text head alone (method vild-text): the p
 no-distillation row's loss that comes from dropping the distillation head rather than from
 the new training.
 
-Writes benchmarks/results/finetune{,_quick}.{json,md}.
+Writes benchmarks/results/NAME{,_quick}.{json,md} (--name, default finetune); also the
+head-by-head novel APr of the init and distilled models (methods vild-text, vild-image).
 """
 
 from __future__ import annotations
