@@ -1,14 +1,18 @@
 """Fine-tuning on your own data without losing the open vocabulary (`vild train --init`), on
 ShapeWorld-OV.
 
-    .venv/bin/python benchmarks/finetune.py --threads 1
+    .venv/bin/python benchmarks/finetune.py --threads 1 --train-images 1000   # the measured run
     .venv/bin/python benchmarks/finetune.py --quick      # plumbing only: a few steps and images
+    .venv/bin/python benchmarks/finetune.py --threads 1 --train-images 1000 --set freeze= \
+        --work benchmarks/work/finetune-unfrozen --name finetune_unfrozen   # nothing frozen
 
 The start is the bundled ViLD-ensemble (`src/vild/assets/models/shapeworld-vild-ensemble`,
 trained on the default world's base categories). The "user's own data" is the train split of
 the alt world (`make_world(categories="alt")`: 16 other categories, other names; generated as
 benchmarks/transfer.py does when missing), every alt category labelled
-(`train/annotations_all.json`). Two fine-tunes with the same schedule, learning rate and seed,
+(`train/annotations_all.json`; --train-images N keeps the first N images: 1000 in the measured
+run, which bounds the region store's cost). Two fine-tunes with the same schedule (--preset,
+default shapeworld-finetune: backbone and RPN frozen), learning rate and seed,
 both run through the CLI (`vild.cli.main`, the exact argv is recorded):
 
   with distillation      the init model's own mode (ViLD-ensemble); no --region-store, so the
@@ -27,7 +31,8 @@ The init model is also scored with its text head alone (method vild-text): the p
 no-distillation row's loss that comes from dropping the distillation head rather than from
 the new training.
 
-Writes benchmarks/results/finetune{,_quick}.{json,md}.
+Writes benchmarks/results/NAME{,_quick}.{json,md} (--name, default finetune); also the
+head-by-head novel APr of the init and distilled models (methods vild-text, vild-image).
 """
 
 from __future__ import annotations
@@ -129,6 +134,8 @@ def finetune(out: Path, args, annotations: Path, extra: list[str]) -> tuple[list
         argv += ["--steps", str(args.steps)]
     if args.lr:
         argv += ["--set", f"lr={args.lr}"]
+    for pair in args.set:
+        argv += ["--set", pair]
     if not args.progress:
         argv.append("--no-progress")
     if (out / "model.safetensors").is_file():
@@ -180,9 +187,35 @@ def markdown(result: dict) -> str:
             lines.append(f"- {ROWS[key]}: `vild {' '.join(result['commands'][key])}`")
     lines += ["", "Seconds (wall / CPU of this process): " + ", ".join(
         f"{k} {v['wall_s']:.0f}/{v['cpu_s']:.0f}" for k, v in meta["stage_seconds"].items() if v)]
-    for note in result.get("notes", []):
-        lines += ["", note]
+    lines += ["", *notes(rows)]
+    heads = result.get("heads_default_APr")
+    if heads:
+        lines += ["", "Default-world novel APr of each ViLD-ensemble head alone (methods vild-text / "
+                  "vild-image, same inputs): " + "; ".join(
+                      f"{ROWS[k].split(' (')[0]}: text {v['vild-text']:.1f}, image {v['vild-image']:.1f}"
+                      for k, v in heads.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def notes(rows: dict) -> list[str]:
+    """The target, and where the no-distillation row's loss comes from, in words."""
+    if not all(k in rows for k in ROWS):
+        return []
+    b, t, d, n = (rows[k] for k in ("before", "before_text", "distill", "text"))
+    kept = d["default"]["APr"] / b["default"]["APr"] if b["default"]["APr"] else float("nan")
+    met = kept >= 0.8 and d["alt"]["AP"] > b["alt"]["AP"]
+    return [
+        f"Target (with distillation: >= 80% of the init model's default-world novel APr kept while "
+        f"the alt AP rises): {'met' if met else 'MISSED'}: {100 * kept:.0f}% kept "
+        f"({b['default']['APr']:.1f} -> {d['default']['APr']:.1f}), alt AP {b['alt']['AP']:.1f} -> "
+        f"{d['alt']['AP']:.1f}.",
+        "",
+        f"Without distillation the default-world novel APr goes {b['default']['APr']:.1f} -> "
+        f"{n['default']['APr']:.1f}. The init model's text head alone scored {t['default']['APr']:.1f} "
+        f"before: {b['default']['APr'] - t['default']['APr']:.1f} points are the distillation head left "
+        f"out (ViLD-text has none); the fine-tune itself took the text head from "
+        f"{t['default']['APr']:.2f} to {n['default']['APr']:.2f}.",
+    ]
 
 
 def main() -> int:
@@ -196,6 +229,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="default: the preset's (--quick: 4)")
     parser.add_argument("--lr", type=float, help="default: the preset's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="passed to both fine-tunes (vild train --set), e.g. freeze= to train everything")
+    parser.add_argument("--name", default="finetune", help="results file stem (benchmarks/results/NAME.{json,md})")
     parser.add_argument("--train-images", type=int, help="fine-tune on the first N alt train images (default: all)")
     parser.add_argument("--num-proposals", type=int, default=100,
                         help="proposals per image distilled (the bundled model was trained with 100)")
@@ -205,7 +241,12 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="retrain the fine-tuned models")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--report-only", action="store_true", help="rewrite NAME.md from NAME.json")
     args = parser.parse_args()
+    if args.report_only:
+        stem = args.results / (f"{args.name}_quick" if args.quick else args.name)
+        (stem.with_suffix(".md")).write_text(markdown(load_json(stem.with_suffix(".json"))))
+        return 0
     torch.set_num_threads(args.threads)
     started, load_start = _clock(), os.getloadavg()
     suffix = "-quick" if args.quick else ""
@@ -258,6 +299,13 @@ def main() -> int:
                      "train_config": load_json(out / "train_config.json"),
                      "mode": load_model(out).config.mode}
         stages[f"eval_{key}"] = _since(mark)
+    # where the ensemble's novel APr lives: each head alone, before and after (default world)
+    mark, heads = _clock(), {}
+    for key, model_dir in (("before", args.model), ("distill", args.work / "distill")):
+        heads[key] = {m: rows["before_text"]["default"]["APr"] if (key, m) == ("before", "vild-text")
+                      else evaluate(model_dir, args.world, teacher, args, method=m, **default_inputs)["APr"]
+                      for m in ("vild-text", "vild-image")}
+    stages["eval_heads"] = _since(mark)
     train_cfg = rows["distill"]["train_config"]
     store = args.work / "distill" / "regions" / "manifest.json"
     kept = {k: rows[k]["default"]["APr"] / rows["before"]["default"]["APr"]
@@ -286,8 +334,8 @@ def main() -> int:
                      + ("frozen: " + ", ".join(train_cfg["freeze"]) if train_cfg["freeze"] else "nothing frozen")),
         "novel_APr_kept": kept,
     }
-    result = {"meta": meta, "rows": rows, "commands": commands}
-    stem = "finetune_quick" if args.quick else "finetune"
+    result = {"meta": meta, "rows": rows, "commands": commands, "heads_default_APr": heads}
+    stem = f"{args.name}_quick" if args.quick else args.name
     args.results.mkdir(parents=True, exist_ok=True)
     save_json(args.results / f"{stem}.json", result)
     (args.results / f"{stem}.md").write_text(markdown(result))

@@ -51,8 +51,8 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "shapeworld": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=4000)),
     # Fine-tuning a trained ShapeWorld model on new data of the same look (`vild train --init`):
     # a short schedule at a quarter of the from-scratch learning rate, backbone and RPN kept
-    # as they are (as the bundled model's heads were trained on its trunk; ~2x faster steps
-    # on CPU). benchmarks/results/finetune.md.
+    # as they are (as the bundled model's heads were trained on its trunk; steps ~3x faster on
+    # CPU: 31 against 11 images/s for ViLD-ensemble, 1 thread). benchmarks/results/finetune.md.
     "shapeworld-finetune": (_SHAPEWORLD_MODEL, dict(_SHAPEWORLD_TRAIN, steps=300, lr=0.01, warmup_steps=20,
                                                     freeze=("backbone", "rpn"))),
     # A few steps, for plumbing tests and --quick runs.
