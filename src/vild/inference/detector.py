@@ -134,12 +134,11 @@ class Detector:
 
     @property
     def default_vocabulary(self) -> list[str]:
-        return [e[0] for e in self.vocabularies.default_entries]
+        return self.vocabularies.default_names
 
     @property
     def default_category_ids(self) -> list[int] | None:
-        ids = self.vocabularies.default_ids
-        return list(ids) if ids else None
+        return self.vocabularies.default_category_ids
 
     @property
     def templates(self) -> str:

@@ -42,6 +42,15 @@ class VocabularyEncoder:
         if self.default_entries and default_embeddings is not None:
             self._seed(self.default_entries, default_embeddings)
 
+    @property
+    def default_names(self) -> list[str]:
+        """The first name of each entry of the model's own vocabulary."""
+        return [e[0] for e in self.default_entries]
+
+    @property
+    def default_category_ids(self) -> list[int] | None:
+        return list(self.default_ids) if self.default_ids else None
+
     def _seed(self, entries, embeddings: torch.Tensor) -> None:
         from vild.text.prompts import normalize_vocabulary
 
