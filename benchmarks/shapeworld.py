@@ -19,8 +19,8 @@ base+novel baseline (RFS) starts instead from a twin trunk trained on base+novel
 RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on
 cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
 scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
-the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store
-and rows; evaluations stay on the CPU until vild.evaluation takes a device (issue 16).
+the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store,
+rows and evaluations (the RPN recall table stays on the CPU).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
 
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
         result = evaluate_detector(
-            load_model(model_dir), paths["val_images"], paths["val"], text, vocab["category_ids"],
+            load_model(model_dir).to(args.device), paths["val_images"], paths["val"], text, vocab["category_ids"],
             base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=eval_teacher,
             progress=args.progress, max_images=args.val_images, num_crop_regions=args.crop_regions,
         )
@@ -317,7 +317,7 @@ def main() -> int:
     from vild.teacher import Teacher
 
     teacher = Teacher.load(str(args.teacher), device=args.device)
-    eval_teacher = teacher if args.device.type == "cpu" else Teacher.load(str(args.teacher))
+    eval_teacher = teacher  # evaluations run on --device too (the RPN recall stays on the CPU)
     text = text_embeddings_for(teacher, vocab)
     stages["text_embeddings"], mark = time.perf_counter() - mark, time.perf_counter()
     # the distillation head scores at the teacher's own temperature (as `vild train` does)

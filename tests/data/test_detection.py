@@ -220,6 +220,12 @@ def test_region_store_targets_and_collate(tmp_path):
     with pytest.raises(VildError, match="region store"):
         strict[1]
 
+    weighted = DetectionDataset(images_dir, ann_file, region_store=_FakeStore(),
+                                region_weights={1: torch.tensor([0.25, 4.0], dtype=torch.float64)})
+    assert weighted[0][1]["distill_weights"].tolist() == [0.25, 4.0]
+    assert weighted[0][1]["distill_weights"].dtype == torch.float32
+    assert weighted[1][1]["distill_boxes"].shape == (0, 4) and "distill_weights" not in weighted[1][1]
+
     loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)
     images, targets = next(iter(loader))
     assert [tuple(i.shape) for i in images] == [(3, 40, 60), (3, 30, 30), (3, 20, 30)]

@@ -35,6 +35,7 @@ def make_sample(h: int = 48, w: int = 64):
         "distill_boxes": torch.tensor([[0.0, 0.0, 10.0, 8.0], [20.0, 20.0, 63.0, 47.0],
                                        [55.0, 2.0, 64.0, 12.0], [1.0, 30.0, 30.0, 46.0]]),
         "distill_embeddings": torch.nn.functional.normalize(torch.eye(4, 8) + 0.01, dim=-1),
+        "distill_weights": torch.tensor([0.5, 1.0, 2.0, 4.0]),
     }
     return image, target
 
@@ -111,6 +112,7 @@ def test_large_scale_jitter_keeps_everything_consistent(seed):
     # each kept embedding is one of the originals, in order
     idx = [int(torch.argmax(e[:4])) for e in tt["distill_embeddings"]]
     assert idx == sorted(idx)
+    assert tt["distill_weights"].tolist() == [[0.5, 1.0, 2.0, 4.0][i] for i in idx]  # weights stay with their boxes
     # the padding is padding
     if vh < out_size:
         assert float(img[:, vh:].abs().sum()) == 0.0

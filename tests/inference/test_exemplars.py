@@ -280,3 +280,18 @@ def test_cli_exemplar_errors_are_one_line(model_dir, tmp_path, capsys, arg, word
     _, stderr = capsys.readouterr()
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("vild detect: error:") and words in lines[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_exemplar_rows_match_cpu(model_dir, detector):
+    """An exemplar row embedded on the GPU is the CPU row (TF32: cosine > 0.999), and the GPU
+    detector labels the exemplar's own object with it."""
+    from vild.inference import Detector
+
+    gpu = Detector.from_pretrained(str(model_dir), device="cuda")
+    img = scene()
+    cpu_row = detector.encode_vocabulary([], exemplars={"thing": (img, RED)}).embeddings[0]
+    gpu_row = gpu.encode_vocabulary([], exemplars={"thing": (img, RED)}).embeddings[0].cpu()
+    assert float(cpu_row @ gpu_row) > 0.999
+    found = gpu.detect(img, exemplars={"thing": (img, RED), "other": (img, BLUE)}, threshold=0.0)[0]
+    assert found.boxes.device.type == "cpu" and len(found) > 0

@@ -179,3 +179,26 @@ def test_config_json_round_trip_and_validation():
     assert again == cfg
     with pytest.raises(ValueError):
         dataclasses.replace(cfg, mode="nope")
+
+
+@pytest.mark.parametrize("mode", ["image", "ensemble"])
+def test_distill_weights_scale_each_proposals_term(mode, text_embeddings):
+    """`distill_weights` (rarity weighting) reach the loss: weights of 2 double it, and zero on
+    one image's proposals gives the other image's terms alone (halved by the count of all)."""
+    model = build_detector(tiny_config(mode=mode)).eval()  # eval BN: the same features each call
+    images, targets = make_batch()
+    model.roi_heads.train()
+
+    def distill(weights_of):
+        ts = [dict(t, distill_weights=w) if w is not None else t for t, w in zip(targets, weights_of)]
+        image_list, resized = model.transform(images, ts)
+        return model.roi_heads._distill_loss(model.backbone(image_list.tensors), image_list.image_sizes,
+                                             resized, like=torch.zeros(1))
+
+    plain = distill([None, None])
+    assert distill([torch.ones(3), torch.ones(3)]).item() == pytest.approx(plain.item(), rel=1e-6)
+    assert distill([2 * torch.ones(3), 2 * torch.ones(3)]).item() == pytest.approx(2 * plain.item(), rel=1e-6)
+    first_only = distill([torch.ones(3), torch.zeros(3)]).item()
+    second_only = distill([torch.zeros(3), None]).item()
+    assert first_only + second_only == pytest.approx(plain.item(), rel=1e-5)
+    assert 0 < first_only < plain.item()

@@ -39,6 +39,9 @@ def test_distillation_loss_l1_sum_over_dims_mean_over_regions():
     assert distillation_loss(a, b, "l1").item() == 1.0  # (2 + 0) / 2
     assert distillation_loss(a, b, "l2").item() == 1.0
     assert distillation_loss(a[:0], b[:0]).item() == 0.0
+    # per-region weights scale each region's term; the sum is still divided by the count
+    assert distillation_loss(a, b, "l1", torch.ones(2)).item() == 1.0
+    assert distillation_loss(a, b, "l1", torch.tensor([0.5, 7.0])).item() == 0.5  # (0.5 * 2 + 7 * 0) / 2
 
 
 def test_select_detections_matches_torchvision_batched_nms():

@@ -14,7 +14,7 @@ SRC = Path(vild.__file__).parent
 # stage order, earliest first; shared modules (errors, io) may be imported from anywhere
 ORDER = ["data", "teacher", "text", "model", "regions", "training", "evaluation", "inference", "export", "service",
          "recipes"]
-SHARED = {"errors", "io"}
+SHARED = {"errors", "io", "device"}  # docs/architecture.md: "Shared"
 
 
 def _vild_imports(path: Path) -> set[str]:

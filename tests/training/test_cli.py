@@ -8,6 +8,7 @@ from vild.cli import main
     [
         (["train", "--teacher", "x", "--out", "o"], "give --world, or both --images and --annotations"),
         (["eval", "--model", "m"], "give --world, or both --images and --dataset"),
+        (["eval", "--model", "m", "--world", "w", "--device", "bogus"], "unknown device 'bogus'"),
         (["embed-regions", "--model", "m", "--teacher", "t", "--out", "o"], "give --world"),
         (["train", "--world", "nowhere", "--teacher", "x", "--out", "o"], "not a ShapeWorld-OV world"),
     ],

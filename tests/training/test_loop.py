@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -110,3 +111,34 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(["nope=1"])
     with pytest.raises(VildError, match="unknown preset"):
         preset("nope")
+
+
+def test_rarity_weighted_distillation_trains_and_changes_the_weights(tiny_world, tmp_path):
+    """`distill_rarity` computes weights for every stored proposal and they reach training: the
+    run differs from the uniform one, which equals a run without the setting."""
+    from tests.regions.test_region_store import DIM, FakeProposer, FakeTeacher
+    from vild.data.detection import DetectionDataset
+    from vild.regions import embed_regions
+    from vild.training.loop import distill_weights
+
+    model_cfg, train_cfg, data, _, rows, vocab = _setup(tiny_world, mode="image")
+    model_cfg = dataclasses.replace(model_cfg, embed_dim=DIM)
+    text = F.normalize(torch.randn(len(vocab["names"]), DIM, generator=torch.Generator().manual_seed(0)), dim=-1)
+    images = DetectionDataset(data.images_dir, data.annotations, with_masks=False)
+    items = [(images.image_ids[i], images[i][0]) for i in range(len(images))]
+    store = embed_regions(items, FakeProposer(), FakeTeacher(), tmp_path / "store", num_proposals=8, progress=False)
+    data = dataclasses.replace(data, region_store=str(tmp_path / "store"))
+
+    weights = distill_weights(str(tmp_path / "store"), dataclasses.replace(train_cfg, distill_rarity=1.0))
+    assert set(weights) == set(store.image_ids)
+    assert all(len(weights[i]) == len(store.get(i)[0]) for i in weights)
+    assert torch.cat(list(weights.values())).std() > 0
+    assert distill_weights(str(tmp_path / "store"), train_cfg) is None  # 0: the paper's uniform loss
+
+    def train(name, **changes):
+        out = train_detector(model_cfg, dataclasses.replace(train_cfg, **changes), data, text[rows],
+                             tmp_path / name, vocabulary=vocab, all_text_embeddings=text, progress=False)
+        return load_model(out).roi_heads.text_head.projection.weight
+
+    uniform, explicit, rare = train("uniform"), train("explicit", distill_rarity=0.0), train("rare", distill_rarity=1.0)
+    assert torch.equal(uniform, explicit) and not torch.equal(uniform, rare)

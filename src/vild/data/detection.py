@@ -126,6 +126,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     `region_store`: a `vild.regions.RegionStore` or its folder; adds `distill_boxes` and
     `distill_embeddings`. Images missing from the store get P = 0 unless `strict_regions`.
+    `region_weights`: {image id: [P] per-proposal loss weights} (`vild.regions.rarity`); adds
+    `distill_weights`.
     `transform(image, target) -> (image, target)` is applied last.
     """
 
@@ -136,6 +138,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         *,
         category_ids: Sequence[int] | None = None,
         region_store: Any = None,
+        region_weights: dict[int, torch.Tensor] | None = None,
         transform: Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]] | None = None,
         with_masks: bool = True,
         strict_regions: bool = False,
@@ -190,6 +193,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
                 region_store = RegionStore(region_store)
             self.region_store = region_store
+        self.region_weights = region_weights
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -299,10 +303,14 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "distill_embeddings": torch.zeros((0, dim), dtype=torch.float32),
             }
         boxes, _scores, embeddings = entry
-        return {
+        out = {
             "distill_boxes": boxes.to(torch.float32),
             "distill_embeddings": embeddings.to(torch.float32),
         }
+        if self.region_weights is not None:
+            weights = self.region_weights.get(image_id)
+            out["distill_weights"] = torch.ones(len(boxes)) if weights is None else weights.to(torch.float32)
+        return out
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

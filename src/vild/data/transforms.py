@@ -46,7 +46,7 @@ Pair = tuple[torch.Tensor, Target]
 #: per-instance keys: first dimension N, filtered together
 INSTANCE_KEYS = ("boxes", "labels", "masks")
 #: per-proposal distillation keys: first dimension P, filtered together
-DISTILL_KEYS = ("distill_boxes", "distill_embeddings", "distill_scores")
+DISTILL_KEYS = ("distill_boxes", "distill_embeddings", "distill_scores", "distill_weights")
 
 
 # ----------------------------------------------------------------------------- functional

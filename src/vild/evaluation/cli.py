@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=int, help="evaluate the first N images only")
     p.add_argument("--rpn-recall", action="store_true", help="also RPN AR@100/300/1000 on novel categories")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps: where the model and "
+                   "teacher run (the RPN recall stays on the CPU)")
     p.add_argument("--threads", type=int)
     p.add_argument("--results", help="write detections here (COCO results json)")
     p.add_argument("--out", help="write metrics here (json)")
@@ -38,6 +40,7 @@ def run(args) -> int:
 
     import torch
 
+    from vild.device import check_device
     from vild.errors import VildError
     from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall
     from vild.evaluation.summary import format_table
@@ -47,6 +50,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = check_device(args.device)
     images, annotations = split_source(
         args.world, args.images, args.annotations, world_split="val", flag="--dataset"
     )
@@ -55,7 +59,7 @@ def run(args) -> int:
     if args.teacher:
         from vild.teacher import Teacher
 
-        teacher = Teacher.load(args.teacher)
+        teacher = Teacher.load(args.teacher, device=device)
     from vild.model.methods import CROP_METHODS, resolve_method
 
     if args.method in CROP_METHODS and teacher is None:
@@ -66,14 +70,14 @@ def run(args) -> int:
         raise VildError(f"--method: {e}") from None
     vocab, text, base_mask, novel_ids = split_vocabulary(args.model, annotations, teacher)
     metrics = evaluate_detector(
-        model, images, annotations, text, vocab["category_ids"], base_mask=base_mask,
+        model.to(device), images, annotations, text, vocab["category_ids"], base_mask=base_mask,
         novel_category_ids=novel_ids, method=method, teacher=teacher, precision=args.precision,
         batch_size=args.batch_size, max_images=args.max_images, results_path=args.results,
         progress=not args.no_progress,
     )
     if args.rpn_recall:
         metrics["rpn_recall_novel"] = evaluate_rpn_recall(
-            model, images, annotations, category_ids=novel_ids, max_images=args.max_images,
+            model.cpu(), images, annotations, category_ids=novel_ids, max_images=args.max_images,
             progress=not args.no_progress,
         )
     if args.out:

@@ -30,14 +30,18 @@ def box_regression_loss(
 
 
 def distillation_loss(
-    region_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, kind: str = "l1"
+    region_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, kind: str = "l1",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ViLD-image loss between normalised embeddings [P, D]: summed over D, mean over P.
 
-    kind "l1" (the paper's choice) or "l2" (squared error, for the paper's sweep).
+    kind "l1" (the paper's choice) or "l2" (squared error, for the paper's sweep). weights [P]
+    scale each region's term (e.g. `vild.regions.rarity`); the sum is still divided by P.
     """
     if region_embeddings.shape[0] == 0:
         return region_embeddings.sum() * 0.0
     diff = region_embeddings - teacher_embeddings.to(region_embeddings.dtype)
     per_region = diff.abs().sum(dim=1) if kind == "l1" else diff.pow(2).sum(dim=1)
+    if weights is not None:
+        per_region = per_region * weights.to(per_region.dtype)
     return per_region.mean()

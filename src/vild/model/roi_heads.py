@@ -125,9 +125,12 @@ class ViLDRoIHeads(nn.Module):
         if sum(b.shape[0] for b in boxes) == 0:
             return like.sum() * 0.0
         teacher = torch.cat([t["distill_embeddings"] for t in targets if "distill_embeddings" in t])
+        weights = None
+        if any("distill_weights" in t for t in targets):
+            weights = torch.cat([t.get("distill_weights", b.new_ones(b.shape[0])) for t, b in zip(targets, boxes)])
         head = self.image_head if self.image_head is not None else self.text_head
         _, student = head(self.box_roi_pool(features, boxes, image_sizes))
-        return distillation_loss(student, teacher, self.config.distill_loss)
+        return distillation_loss(student, teacher, self.config.distill_loss, weights)
 
     def _mask_loss(self, features, image_sizes, targets, rois, matched, labels) -> torch.Tensor:
         positive = [lab > 0 for lab in labels]

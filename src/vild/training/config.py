@@ -27,6 +27,9 @@ class TrainConfig:
     official recipe's sync BN); without it each micro-batch normalises with its own statistics.
     precision: "fp32", or "bf16" (the forward pass under autocast to bfloat16 on CPU and CUDA;
     weights, gradients and the optimiser stay float32).
+    distill_rarity: each distilled proposal's loss is weighted by the rarity of its teacher
+    embedding, (1 + neighbours with cosine > distill_rarity_threshold) ** -distill_rarity
+    (`vild.regions.rarity`; label-free). 0 = the paper's uniform weights.
     """
 
     steps: int = 2000
@@ -52,6 +55,8 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 0
     precision: str = "fp32"
+    distill_rarity: float = 0.0
+    distill_rarity_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -71,6 +76,10 @@ class TrainConfig:
                 )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.distill_rarity < 0:
+            raise ValueError(f"distill_rarity must be >= 0, got {self.distill_rarity}")
+        if not -1 < self.distill_rarity_threshold < 1:
+            raise ValueError(f"distill_rarity_threshold is a cosine in (-1, 1), got {self.distill_rarity_threshold}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ValueError("checkpoint_every and log_every must be positive")
 

@@ -128,6 +128,17 @@ class _NonFiniteWatch:
             )
 
 
+def distill_weights(store, config: TrainConfig) -> dict | None:
+    """Per-proposal rarity weights of the region store (None: uniform, the paper's loss)."""
+    if store is None or not config.distill_rarity:
+        return None
+    from vild.regions import RegionStore
+    from vild.regions.rarity import rarity_weights
+
+    store = RegionStore(store) if isinstance(store, (str, Path)) else store
+    return rarity_weights(store, power=config.distill_rarity, threshold=config.distill_rarity_threshold)
+
+
 def _autocast(precision: str, device: torch.device):
     """bf16: autocast (matmuls and convolutions in bfloat16, weights and sums in float32)."""
     if precision == "bf16":
@@ -226,11 +237,13 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
 
     torch.manual_seed(train_config.seed)
     model = build_detector(model_config).train()
+    store = data.region_store if model_config.uses_distillation else None
     dataset = DetectionDataset(
         data.images_dir,
         data.annotations,
         category_ids=list(data.category_ids),
-        region_store=data.region_store if model_config.uses_distillation else None,
+        region_store=store,
+        region_weights=distill_weights(store, train_config),
         transform=TrainTransform(
             train_config.output_size, tuple(train_config.scale_range), train_config.hflip_prob
         ),
