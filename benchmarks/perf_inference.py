@@ -224,6 +224,10 @@ def main() -> int:
                      "fp32_on_cuda": "TF32 allowed"},
         "rows": [],
     }
+    # written after every row too, so that a run stopped at a time limit keeps what it measured
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
+        f"perf_inference_{device.type}{'_quick' if args.quick else ''}.json")
+    result["complete"] = False
     model = vild_detector(size, device, proposals)
     images = [im.to(device) for im in test_images(size, max(batches))]
     texts = {c: F.normalize(torch.randn(c, 512, generator=torch.Generator().manual_seed(c)), dim=-1).to(device)
@@ -236,6 +240,7 @@ def main() -> int:
                "ms_per_image": 1000 * st["total"] / batch, "images_per_s": batch / st["total"],
                "loadavg_1min": round(os.getloadavg()[0], 2)}
         result["rows"].append(row)
+        save_json(out, result)
         log(f"batch {batch} {precision} {c} categories {d} detections: {row['ms_per_image']:.1f} ms/image  "
             + " ".join(f"{k} {1000 * v:.1f}" for k, v in st.items() if k != "total"))
 
@@ -296,8 +301,7 @@ def main() -> int:
         "ViLD vs linear classifier <= 1.05x (GPU)": (vild_s / conv_s <= 1.05) if gpu else "not measured",
     }
     result["device"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        f"perf_inference_{device.type}{'_quick' if args.quick else ''}.json")
+    result["complete"] = True
     save_json(out, result)
     log(f"wrote {out}")
     return 0

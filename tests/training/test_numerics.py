@@ -87,11 +87,13 @@ def test_unknown_precision_is_a_configuration_error():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_steps_give_finite_falling_losses_close_to_cpu(tiny_world, tmp_path, precision):
     """Training on the GPU (TF32 / bf16 autocast, pinned memory, non-blocking copies): the same
-    batches as on the CPU, so the first loss agrees within 2% and the losses fall."""
+    batches as on the CPU, so the first loss agrees (TF32: 2%; bf16: 5%, since CPU and CUDA
+    autocast cast different ops to bf16: 2.02% apart on an H200, benchmarks/results/gpu_h200)
+    and the losses fall."""
     settings = dict(steps=8, warmup_steps=2, log_every=1, checkpoint_every=100, decay_at=(1.0,))
     model_cfg, cfg, data, text = _setup(tiny_world, precision=precision, **settings)
     gpu = _losses(train_detector(model_cfg, cfg, data, text, tmp_path / "gpu", device="cuda", progress=False))
     cpu = _losses(train_detector(model_cfg, cfg, data, text, tmp_path / "cpu", device="cpu", progress=False))
     assert len(gpu) == 8 and all(torch.isfinite(torch.tensor(gpu)))
     assert sum(gpu[-3:]) / 3 < 0.5 * sum(gpu[:2]) / 2
-    assert abs(gpu[0] - cpu[0]) <= 0.02 * abs(cpu[0])
+    assert abs(gpu[0] - cpu[0]) <= (0.02 if precision == "fp32" else 0.05) * abs(cpu[0])
