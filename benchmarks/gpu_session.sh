@@ -8,6 +8,9 @@
 #   4. issue 14 on world s7: the region store and the rows trained from the CPU-trained trunk
 #      with rarity-weighted distillation (--row-set distill_rarity=R), evaluated on the GPU;
 #   5. the same rows with the paper's uniform weights, sharing trunk, store and ViLD-text.
+# Measured on an H200 (benchmarks/results/gpu_h200/README.md): the tests take about 30 s, the
+# store 15 s, each 1000-step row 60-75 s (about 15 steps/s) and each evaluation about 5 s, so
+# stage 4 needs about 5 minutes; the full perf_inference matrix did not fit in 110 s.
 # Inputs beside the tree (name them in the device tool's `carry`): .whl (../shared/tools/gpu-wheels.sh)
 # and .gpu/ holding teacher-s7/ and trunk-s7/ (copies of benchmarks/work/teacher-s7 and
 # benchmarks/work/sw-s7/trunk without resume/). Results under $OUT (at most 8 files come back).

@@ -1,0 +1,127 @@
+"""Issue 14: does the student fail to *fit* novel objects or to *generalise* to them, and does
+rarity weighting (`vild.regions.rarity`) help? Measured on the cached RoI features of
+`benchmarks/distill_probe.py` (its cache, split and heads), in seconds per variant.
+
+    .venv/bin/python benchmarks/distill_rarity_probe.py --world benchmarks/work/world-s7 \\
+        --teacher benchmarks/work/teacher-s7 --trunk benchmarks/work/sw-s7/trunk \\
+        --cache benchmarks/work/sw-s7/probe_cache.pt --out benchmarks/results/distill_s7/rarity_probe.json
+
+Variants (top-1 on ground-truth boxes against the 24 text embeddings, reported on the
+distilled train images, the held-out train images and val):
+  * oracle heads trained with every label, imbalanced and class-balanced: their top-1 on
+    their own training boxes says whether the features can separate novel objects at all;
+  * the ViLD-image head in the training loop's form (8 images x their 100 proposals a step,
+    SGD 0.04, clip 1, 1000 steps) with per-proposal weights: uniform (the paper), and
+    the formula of `vild.regions.rarity` (what `vild train --set distill_rarity=P` uses) at
+    power 0.5 and 1 (threshold 0.8, and 0.9 at power 1), over the probe's proposals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import distill_probe as P  # noqa: E402
+from vild.io import save_json  # noqa: E402
+from vild.regions.rarity import density_counts  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--trunk", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True, help="benchmarks/distill_probe.py's pooled features")
+    p.add_argument("--holdout", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = P.load_model(args.trunk).eval()
+    teacher = P.Teacher.load(str(args.teacher))
+    vocab = P.dataset_vocabulary(P.world_paths(args.world)["val"])
+    text = P.text_embeddings_for(teacher, vocab).float()
+    base = torch.tensor(vocab["base"])
+    cache = torch.load(args.cache, weights_only=True)
+    cut = int(cache["prop_image"].max()) + 1 - args.holdout
+    split = {"train_props": cache["prop_image"] < cut, "held_props": cache["prop_image"] >= cut,
+             "train_tgt": cache["tgt_image"] < cut, "held_tgt": cache["tgt_image"] >= cut}
+    teacher_emb = cache["prop_teacher"].float()
+
+    def report(head) -> dict:
+        with torch.no_grad():
+            r = {}
+            for part, sel in (("distilled_train", split["train_tgt"]), ("heldout_train", split["held_tgt"])):
+                r.update(P.top1(part, head(cache["tgt_feat"][sel]), cache["tgt_label"][sel], text, base))
+            r.update(P.top1("val", head(cache["val_feat"]), cache["val_label"], text, base))
+        return r
+
+    def oracle(balanced: bool) -> dict:
+        torch.manual_seed(0)
+        head = P.trunk_head(model, text.shape[1])
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+        feats, labels = cache["tgt_feat"][split["train_tgt"]], cache["tgt_label"][split["train_tgt"]]
+        counts = torch.bincount(labels, minlength=len(text)).float()
+        draw = 1 / counts[labels] if balanced else torch.ones(len(labels))
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(1500):
+            idx = torch.multinomial(draw, 256, replacement=True, generator=gen)
+            loss = F.cross_entropy(50 * head(feats[idx]) @ text.T, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return report(head)
+
+    def distill(weights: torch.Tensor, steps: int = 1000) -> dict:
+        torch.manual_seed(0)
+        head = P.trunk_head(model, teacher_emb.shape[1])
+        params = list(head.parameters())
+        opt = torch.optim.SGD(params, lr=0.04, momentum=0.9, weight_decay=1e-4)
+        keep = torch.where(split["train_props"])[0]
+        w = weights / weights[keep].mean()
+        images, rows = P._runs(cache["prop_image"][keep], keep)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = P.lr_at(step, steps, 0.04)
+            sel = torch.cat([rows[k] for k in torch.randint(len(images), (8,), generator=gen).tolist()])
+            diff = (head(cache["prop_feat"][sel]) - teacher_emb[sel]).abs().sum(1)
+            loss = 0.5 * (diff * w[sel]).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        return report(head)
+
+    # the weights of vild.regions.rarity.rarity_weights, on the probe's (train + held-out) proposals
+    reference = teacher_emb[torch.randperm(len(teacher_emb), generator=torch.Generator().manual_seed(0))[:8192]]
+    density = {t: 1 + density_counts(teacher_emb, reference, t) for t in (0.8, 0.9)}
+    variants = {
+        "oracle_all_labels": lambda: oracle(False),
+        "oracle_all_labels_class_balanced": lambda: oracle(True),
+        "distill_uniform": lambda: distill(torch.ones(len(teacher_emb))),
+        "distill_rarity_0.5": lambda: distill(density[0.8].pow(-0.5)),
+        "distill_rarity_1": lambda: distill(density[0.8].pow(-1.0)),
+        "distill_rarity_1_threshold_0.9": lambda: distill(density[0.9].pow(-1.0)),
+    }
+    result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "variants": {}}
+    for name, run in variants.items():
+        started = time.perf_counter()
+        result["variants"][name] = {**run(), "seconds": round(time.perf_counter() - started, 1)}
+        print(name, json.dumps(result["variants"][name]), flush=True)
+        save_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
