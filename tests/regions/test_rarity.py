@@ -51,3 +51,14 @@ def test_power_zero_is_uniform_and_bad_arguments_are_refused():
         rarity_weights(_Store(), power=-1)
     with pytest.raises(VildError, match="threshold"):
         rarity_weights(_Store(), power=1, threshold=1.5)
+
+
+def test_streamed_weights_equal_the_formula_on_all_proposals_at_once():
+    """The store is read image by image; the weights are those of the formula computed on every
+    proposal in memory, with the reference drawn from them in store order."""
+    store = _Store()
+    w = rarity_weights(store, power=0.7, threshold=0.5, reference_size=20, seed=3)
+    emb = torch.cat([store.entries[1], store.entries[2]])
+    pick = torch.randperm(len(emb), generator=torch.Generator().manual_seed(3))[:20]
+    want = (1 + density_counts(emb, emb[pick], 0.5)).pow(-0.7)
+    torch.testing.assert_close(torch.cat([w[1], w[2]]), want / want.mean())

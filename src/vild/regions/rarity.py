@@ -35,26 +35,40 @@ def rarity_weights(store, *, power: float, threshold: float = 0.8, reference_siz
                    seed: int = 0, image_ids=None) -> dict[int, torch.Tensor]:
     """Region store (or anything with `.get(image_id)` and `.image_ids`) -> {image id: weights [P]}.
 
-    The reference set is `reference_size` proposals drawn without replacement (fixed `seed`),
-    so the weights are a pure function of the store and the arguments.
+    The reference set is `reference_size` proposals drawn without replacement (fixed `seed`)
+    from all proposals in store order, so the weights are a pure function of the store and the
+    arguments. The store is read three times (sizes, reference, densities) and never held whole
+    in memory: an LVIS-size store (millions of proposals) costs the reference set and one
+    float per proposal.
     """
     if power < 0:
         raise VildError(f"rarity power must be >= 0, got {power}")
     if not -1.0 < threshold < 1.0:
         raise VildError(f"rarity threshold is a cosine in (-1, 1), got {threshold}")
     ids = list(store.image_ids) if image_ids is None else [int(i) for i in image_ids]
-    owners, parts = [], []
-    for image_id in ids:
+
+    def stored(image_id):
         entry = store.get(image_id)
-        if entry is not None and len(entry[2]):
-            owners.append((image_id, len(entry[2])))
-            parts.append(entry[2].float())
-    if not parts:
+        return entry[2] if entry is not None and len(entry[2]) else None
+
+    owners = [(i, len(e)) for i in ids if (e := stored(i)) is not None]
+    total = sum(n for _, n in owners)
+    if not total:
         return {}
-    embeddings = torch.cat(parts)
-    generator = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(embeddings), generator=generator)[:reference_size]
-    density = 1.0 + density_counts(embeddings, embeddings[pick], threshold)
+    pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:reference_size]
+    order = pick.argsort()
+    wanted = pick[order]  # ascending positions in store order
+    rows, start, k = [], 0, 0
+    for image_id, n in owners:
+        j = k
+        while j < len(wanted) and int(wanted[j]) < start + n:
+            j += 1
+        if j > k:
+            rows.append(stored(image_id)[wanted[k:j] - start].float())
+        k, start = j, start + n
+    reference = torch.empty(len(pick), rows[0].shape[1])
+    reference[order] = torch.cat(rows)  # back in draw order
+    density = torch.cat([1.0 + density_counts(stored(image_id), reference, threshold) for image_id, _ in owners])
     weights = density.pow(-float(power))
     weights = weights / weights.mean()
     out, start = {}, 0
