@@ -33,7 +33,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distill_probe as P  # noqa: E402
 from vild.io import save_json  # noqa: E402
-from vild.regions.rarity import density_counts  # noqa: E402
+from vild.regions.rarity import rarity_weights  # noqa: E402
+
+
+class CachedStore:
+    """The probe cache's proposals seen as a region store (image index -> its teacher embeddings),
+    in the cache's order, which is the store's."""
+
+    def __init__(self, cache: dict) -> None:
+        images, counts = torch.unique_consecutive(cache["prop_image"], return_counts=True)
+        self.image_ids = images.tolist()
+        self._rows = dict(zip(self.image_ids, cache["prop_teacher"].split(counts.tolist())))
+
+    def get(self, image_id: int):
+        emb = self._rows.get(image_id)
+        return None if emb is None else (None, None, emb)
 
 
 def main() -> int:
@@ -103,16 +117,18 @@ def main() -> int:
             opt.step()
         return report(head)
 
-    # the weights of vild.regions.rarity.rarity_weights, on the probe's (train + held-out) proposals
-    reference = teacher_emb[torch.randperm(len(teacher_emb), generator=torch.Generator().manual_seed(0))[:8192]]
-    density = {t: 1 + density_counts(teacher_emb, reference, t) for t in (0.8, 0.9)}
+    def rarity(power: float, threshold: float = 0.8) -> torch.Tensor:
+        """`vild.regions.rarity.rarity_weights` on the probe's (train + held-out) proposals, row by row."""
+        weights = rarity_weights(CachedStore(cache), power=power, threshold=threshold)
+        return torch.cat([weights[i] for i in sorted(weights)])
+
     variants = {
         "oracle_all_labels": lambda: oracle(False),
         "oracle_all_labels_class_balanced": lambda: oracle(True),
         "distill_uniform": lambda: distill(torch.ones(len(teacher_emb))),
-        "distill_rarity_0.5": lambda: distill(density[0.8].pow(-0.5)),
-        "distill_rarity_1": lambda: distill(density[0.8].pow(-1.0)),
-        "distill_rarity_1_threshold_0.9": lambda: distill(density[0.9].pow(-1.0)),
+        "distill_rarity_0.5": lambda: distill(rarity(0.5)),
+        "distill_rarity_1": lambda: distill(rarity(1.0)),
+        "distill_rarity_1_threshold_0.9": lambda: distill(rarity(1.0, 0.9)),
     }
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "variants": {}}
     for name, run in variants.items():

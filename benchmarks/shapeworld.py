@@ -172,7 +172,7 @@ def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings
 
 
 def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
-             shared: dict, eval_teacher) -> dict:
+             shared: dict) -> dict:
     paths = world_paths(world)
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     base_mask = torch.tensor(vocab["base"])
@@ -199,7 +199,7 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
         result = evaluate_detector(
             load_model(model_dir).to(args.device), paths["val_images"], paths["val"], text, vocab["category_ids"],
-            base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=eval_teacher,
+            base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=teacher,
             progress=args.progress, max_images=args.val_images, num_crop_regions=args.crop_regions,
         )
         return row_metrics(result)
@@ -317,7 +317,6 @@ def main() -> int:
     from vild.teacher import Teacher
 
     teacher = Teacher.load(str(args.teacher), device=args.device)
-    eval_teacher = teacher  # evaluations run on --device too (the RPN recall stays on the CPU)
     text = text_embeddings_for(teacher, vocab)
     stages["text_embeddings"], mark = time.perf_counter() - mark, time.perf_counter()
     # the distillation head scores at the teacher's own temperature (as `vild train` does)
@@ -328,7 +327,7 @@ def main() -> int:
         stages["region_store"], mark = time.perf_counter() - mark, time.perf_counter()
     per_seed = []
     for seed in range(args.seeds):
-        per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared, eval_teacher))
+        per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared))
         stages[f"seed{seed}"], mark = time.perf_counter() - mark, time.perf_counter()
     stages["total"] = time.perf_counter() - started
     summary = aggregate(per_seed)
