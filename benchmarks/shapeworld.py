@@ -20,7 +20,8 @@ RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated
 cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
 scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
 the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store,
-rows and evaluations (the RPN recall table stays on the CPU).
+rows and evaluations (the RPN recall table stays on the CPU). --jobs J trains up to J rows at
+once, each in its own process (one training process leaves a GPU mostly idle).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
 from shapeworld_report import ROWS, aggregate, markdown  # noqa: E402
+from shapeworld_rows import check_same_schedule, train_rows_in_parallel  # noqa: E402
 from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
@@ -116,7 +118,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
         model=dict(model_over, mode=mode, embed_dim=text.shape[1]), train={**extra_train, **train_over},
     )
     if (out / "model.safetensors").is_file():
-        _check_same_schedule(out, train_cfg, model_cfg)
+        check_same_schedule(out, train_cfg, model_cfg)
         return out
     annotations = paths["train_all"] if supervised else paths["train_base"]
     data = TrainData(str(paths["train_images"]), str(annotations), tuple(ids),
@@ -130,25 +132,6 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     if timings is not None:
         timings[f"train_{out.name}_s"] = time.perf_counter() - started
     return out
-
-
-def _check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
-    """A finished model is reused only if it was trained with the schedule and the model
-    settings asked for now (`--row-set distill_weight=2` must not reuse a w = 0.5 row).
-    image_temperature only scores, so a row trained before it followed the teacher is reused."""
-    saved = json.loads((out / "train_config.json").read_text())
-    checks = [(key, saved.get(key), getattr(wanted, key))
-              for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm")]
-    if wanted_model is not None and (out / "model_config.json").is_file():
-        model = json.loads((out / "model_config.json").read_text())
-        asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists
-        checks += [(key, model.get(key), value) for key, value in asked.items() if key != "image_temperature"]
-    for key, had, asked in checks:
-        if had != asked:
-            raise SystemExit(
-                f"{out} was trained with {key}={had!r}, this run asks for {asked!r}: "
-                "pass --fresh or another --work"
-            )
 
 
 def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings: dict) -> Path:
@@ -171,30 +154,48 @@ def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings
     return store
 
 
+def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
+                    shared: dict, timings: dict, only: str | None = None) -> dict[str, Path]:
+    """Train the seed's rows that are not trained yet (only `only`, if given) -> their folders."""
+    seed_dir = work / f"seed{seed}"
+    common = dict(seed=seed, args=args, world=world, vocab=vocab, text=text, timings=timings,
+                  overrides=row_overrides(args))
+
+    def row(mode: str, **kwargs) -> Path:
+        if only is not None and mode != only:
+            return seed_dir / mode
+        return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
+
+    if args.protocol == "trunk":
+        rows_from = dict(init_from=shared["trunk"], steps=args.row_steps)
+        store = shared["store"]
+    else:
+        rows_from, store = dict(steps=args.row_steps), None
+    model_dirs = {"text": row("text", **common, **rows_from)}
+    if args.protocol != "trunk" and only in (None, "image", "vild", "ensemble"):
+        store = ensure_store(seed_dir / "regions", model_dirs["text"], world, teacher, args, timings)
+    for mode in ("image", "vild", "ensemble"):
+        if mode in args.rows:
+            model_dirs[mode] = row(mode, store=store, **common, **rows_from)
+    if "supervised" in args.rows:
+        if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
+            rows_from = dict(rows_from, init_from=shared["trunk_all"])
+        model_dirs["supervised"] = row("supervised", supervised=True, **common, **rows_from)
+    return model_dirs
+
+
+def row_overrides(args) -> tuple[dict, dict]:
+    """(model, train) settings of every row: --model-set, then --row-set."""
+    return {**args.model_overrides, **args.row_overrides[0]}, args.row_overrides[1]
+
+
 def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
              shared: dict) -> dict:
     paths = world_paths(world)
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     base_mask = torch.tensor(vocab["base"])
-    seed_dir = work / f"seed{seed}"
     timings: dict[str, float] = {}
-    common = dict(seed=seed, args=args, world=world, vocab=vocab, text=text, timings=timings,
-                  overrides=args.row_overrides)
-    if args.protocol == "trunk":
-        rows_from = dict(init_from=shared["trunk"], steps=args.row_steps)
-        store = shared["store"]
-    else:
-        rows_from = dict(steps=args.row_steps)
-    model_dirs = {"text": train_row(seed_dir / "text", "text", **common, **rows_from)}
-    if args.protocol != "trunk":
-        store = ensure_store(seed_dir / "regions", model_dirs["text"], world, teacher, args, timings)
-    for mode in ("image", "vild", "ensemble"):
-        if mode in args.rows:
-            model_dirs[mode] = train_row(seed_dir / mode, mode, store=store, **common, **rows_from)
-    if "supervised" in args.rows:
-        if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
-            rows_from = dict(rows_from, init_from=shared["trunk_all"])
-        model_dirs["supervised"] = train_row(seed_dir / "supervised", "text", supervised=True, **common, **rows_from)
+    model_dirs = train_seed_rows(seed, args, world, teacher, vocab, text, work, shared, timings)
 
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
         result = evaluate_detector(
@@ -261,6 +262,13 @@ def main() -> int:
     parser.add_argument("--row-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model or training settings of every row (not the trunks), as "
                         "`vild train --set`: e.g. distill_weight=1 clip_grad_norm=none")
+    parser.add_argument("--model-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model settings of the trunks and every row, e.g. a wider trunk: "
+                        "tiny_widths=64,128,192,256 fpn_channels=128")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trunk protocol: train up to J rows at once, each in its own process "
+                        "(--threads is shared among them); a GPU is mostly idle under one")
+    parser.add_argument("--train-only", metavar="SEED:MODE", help=argparse.SUPPRESS)
     parser.add_argument("--rows", nargs="*", default=[key for _, key in ROWS], choices=[key for _, key in ROWS],
                         help="rows to train and evaluate (default: all; without 'supervised' the "
                         "base+novel trunk is not trained). 'text' is always trained: the CLIP rows use it")
@@ -274,6 +282,11 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.row_overrides = parse_overrides(args.row_set)
+    args.model_overrides, train_keys = parse_overrides(args.model_set)
+    if train_keys:
+        parser.error(f"--model-set takes model settings only; {sorted(train_keys)} are training settings (--row-set)")
+    if (args.jobs > 1 or args.train_only) and args.protocol != "trunk":
+        parser.error("--jobs needs --protocol trunk (from scratch, a row's store comes from its own ViLD-text)")
     args.device = resolve_device(args.device)
     if args.quick:  # plumbing only: the preset's few steps, a few val images
         args.trunk_steps = args.row_steps = 0
@@ -303,13 +316,14 @@ def main() -> int:
         )
         shared["trunk"] = train_row(args.work / "trunk", "text", seed=1000, args=args, world=args.world,
                                     vocab=vocab, text=prototypes, steps=args.trunk_steps,
-                                    timings=shared_timings)
+                                    timings=shared_timings, overrides=(args.model_overrides, {}))
         # Its twin trained on base+novel labels (RFS) starts the supervised baseline and gives
         # the base+novel RPN of the proposal-recall table.
         if "supervised" in args.rows:
             shared["trunk_all"] = train_row(args.work / "trunk-all", "text", seed=1000, args=args,
                                             world=args.world, vocab=vocab, text=prototypes,
-                                            supervised=True, steps=args.trunk_steps, timings=shared_timings)
+                                            supervised=True, steps=args.trunk_steps, timings=shared_timings,
+                                            overrides=(args.model_overrides, {}))
         stages["trunks"], mark = time.perf_counter() - mark, time.perf_counter()
     ensure_teacher(args.teacher, args.world, args.quick, args.progress, device=str(args.device))
     stages["teacher"], mark = time.perf_counter() - mark, time.perf_counter()
@@ -325,6 +339,13 @@ def main() -> int:
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)
         stages["region_store"], mark = time.perf_counter() - mark, time.perf_counter()
+    if args.train_only:
+        seed, mode = args.train_only.split(":")
+        train_seed_rows(int(seed), args, args.world, teacher, vocab, text, args.work, shared, {}, only=mode)
+        return 0
+    if args.jobs > 1:
+        train_rows_in_parallel(args, Path(__file__).resolve(), log)
+        stages["rows_in_parallel"], mark = time.perf_counter() - mark, time.perf_counter()
     per_seed = []
     for seed in range(args.seeds):
         per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared))
@@ -338,7 +359,8 @@ def main() -> int:
         "threads": args.threads,
         "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
                    else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
-        "eval_device": "cpu",
+        "eval_device": str(args.device),
+        "jobs": args.jobs,
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seeds": args.seeds,
         "quick": args.quick,
@@ -357,6 +379,7 @@ def main() -> int:
         "row_steps": args.row_steps,
         "rfs_threshold": args.rfs_threshold,
         "row_set": args.row_set,
+        "model_set": args.model_set,
         "shared_timings_s": shared_timings,
         "world": json.loads((args.world / "world.json").read_text())["sizes"],
     }

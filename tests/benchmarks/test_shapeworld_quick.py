@@ -20,6 +20,8 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--no-progress",
         "--threads", "1",  # robust on a shared machine (see benchmarks/cpu_threads.py)
         "--device", "cpu",
+        "--jobs", "2",  # the rows train in processes of their own, two at a time
+        "--model-set", "fpn_channels=32",  # trunks and rows alike
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -35,6 +37,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert set(data["summary"]["rpn_recall_novel"]) == {"base", "base+novel"}
     meta = data["meta"]
     assert meta["device"].startswith("cpu")
+    assert meta["jobs"] == 2 and meta["model_set"] == ["fpn_channels=32"]
+    assert "rows_in_parallel" in meta["stage_seconds"]
+    for row in ("trunk", "trunk-all", "seed0/text", "seed0/ensemble", "seed0/supervised"):
+        saved = json.loads((tmp_path / "work" / row / "model_config.json").read_text())
+        assert saved["fpn_channels"] == 32, row
     stages = meta["stage_seconds"]
     assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
     parts = sum(v for k, v in stages.items() if k != "total")
@@ -58,11 +65,11 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     # what train_detector records: the whole TrainConfig (clip_grad_norm and init_from included)
     saved = TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0)
     (tmp_path / "train_config.json").write_text(json.dumps(dataclasses.asdict(saved)))
-    bench._check_same_schedule(tmp_path, TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0))
+    bench.check_same_schedule(tmp_path, TrainConfig(steps=600, lr=0.04, batch_size=8, seed=0))
     with pytest.raises(SystemExit, match="steps=600"):
-        bench._check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
+        bench.check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
     with pytest.raises(SystemExit, match="clip_grad_norm"):
-        bench._check_same_schedule(tmp_path, dataclasses.replace(saved, clip_grad_norm=None))
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, clip_grad_norm=None))
 
 
 def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
@@ -83,6 +90,15 @@ def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
     train, model = TrainConfig(steps=10), ViLDConfig(mode="vild", distill_weight=0.5, image_temperature=50.0)
     save_config(tmp_path / "train_config.json", train)
     save_config(tmp_path / "model_config.json", model)
-    bench._check_same_schedule(tmp_path, train, dataclasses.replace(model, image_temperature=20.5))
+    bench.check_same_schedule(tmp_path, train, dataclasses.replace(model, image_temperature=20.5))
     with pytest.raises(SystemExit, match="distill_weight=0.5"):
-        bench._check_same_schedule(tmp_path, train, dataclasses.replace(model, distill_weight=2.0))
+        bench.check_same_schedule(tmp_path, train, dataclasses.replace(model, distill_weight=2.0))
+
+
+def test_model_set_refuses_training_settings(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "shapeworld.py"), "--quick", "--work", str(tmp_path),
+           "--model-set", "steps=3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--model-set takes model settings only" in done.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was made

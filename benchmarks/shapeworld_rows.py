@@ -1,0 +1,67 @@
+"""Rows of `benchmarks/shapeworld.py`: when a trained row may be reused, and `--jobs J` (rows
+trained J at a time, each in a process of its own)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vild.io import config_to_dict
+
+
+def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
+    """A finished model is reused only if it was trained with the schedule and the model
+    settings asked for now (`--row-set distill_weight=2` must not reuse a w = 0.5 row).
+    image_temperature only scores, so a row trained before it followed the teacher is reused."""
+    saved = json.loads((out / "train_config.json").read_text())
+    checks = [(key, saved.get(key), getattr(wanted, key))
+              for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm")]
+    if wanted_model is not None and (out / "model_config.json").is_file():
+        model = json.loads((out / "model_config.json").read_text())
+        asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists
+        checks += [(key, model.get(key), value) for key, value in asked.items() if key != "image_temperature"]
+    for key, had, asked in checks:
+        if had != asked:
+            raise SystemExit(
+                f"{out} was trained with {key}={had!r}, this run asks for {asked!r}: "
+                "pass --fresh or another --work"
+            )
+
+
+def train_rows_in_parallel(args, script: Path, log) -> None:
+    """--jobs J (trunk protocol): every seed's untrained rows, each in its own process
+    (`--train-only SEED:MODE`), J at a time. The rows share nothing but the frozen trunk and the
+    store, and one process leaves the GPU (or a core) mostly idle."""
+    tasks = [(seed, mode) for seed in range(args.seeds)
+             for mode in ("text", "image", "vild", "ensemble", "supervised")
+             if (mode == "text" or mode in args.rows)
+             and not (args.work / f"seed{seed}" / mode / "model.safetensors").is_file()]
+    argv, skip = [], False
+    for item in sys.argv[1:]:  # the same settings, minus --jobs/--threads and --fresh (done once)
+        if skip:
+            skip = False
+        elif item in ("--jobs", "--threads"):
+            skip = True
+        elif item != "--fresh" and not item.startswith(("--jobs=", "--threads=")):
+            argv.append(item)
+    threads = max(1, args.threads // args.jobs)
+    running: list[tuple[tuple[int, str], subprocess.Popen]] = []
+    failed = []
+    while tasks or running:
+        while tasks and len(running) < args.jobs:
+            seed, mode = tasks.pop(0)
+            log(f"seed {seed}: training {mode} in a process of its own")
+            cmd = [sys.executable, str(script), *argv, "--threads", str(threads),
+                   "--no-progress", "--train-only", f"{seed}:{mode}"]
+            running.append(((seed, mode), subprocess.Popen(cmd)))
+        time.sleep(1)
+        for task, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((task, proc))
+                if proc.returncode:
+                    failed.append(task)
+    if failed:
+        raise SystemExit(f"rows failed to train (seed, mode): {failed}; their logs are above")
