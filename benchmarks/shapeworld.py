@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
-from shapeworld_report import ROWS, aggregate, markdown  # noqa: E402
-from shapeworld_rows import check_same_schedule, train_rows_in_parallel  # noqa: E402
+from shapeworld_report import ROWS, write_results  # noqa: E402
+from shapeworld_rows import check_same_schedule, row_overrides, train_rows_in_parallel  # noqa: E402
 from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
@@ -128,7 +128,7 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
     started = time.perf_counter()
     train_detector(model_cfg, train_cfg, data, text[subset(vocab, ids)], out,
                    vocabulary=saved_vocab, all_text_embeddings=text, resume=True,
-                   progress=args.progress, device=args.device)
+                   progress=args.progress, device=args.device, workers=args.workers)
     if timings is not None:
         timings[f"train_{out.name}_s"] = time.perf_counter() - started
     return out
@@ -184,11 +184,6 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
     return model_dirs
 
 
-def row_overrides(args) -> tuple[dict, dict]:
-    """(model, train) settings of every row: --model-set, then --row-set."""
-    return {**args.model_overrides, **args.row_overrides[0]}, args.row_overrides[1]
-
-
 def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
              shared: dict) -> dict:
     paths = world_paths(world)
@@ -227,6 +222,41 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
             progress=args.progress, max_images=args.val_images,
         )
     return {"rows": rows, "rpn_recall_novel": recall, "timings_s": timings}
+
+
+def run_meta(args, stages: dict, started: float, shared_timings: dict) -> dict:
+    model_cfg, train_cfg = preset("shapeworld-quick" if args.quick else "shapeworld", model=args.model_overrides)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "threads": args.threads,
+        "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
+                   else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
+        "eval_device": str(args.device),
+        "jobs": args.jobs,
+        "workers": args.workers,
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "seeds": args.seeds,
+        "quick": args.quick,
+        "command": "python benchmarks/shapeworld.py " + " ".join(sys.argv[1:]),
+        "wall_minutes": (time.perf_counter() - started) / 60,
+        "load_average": os.getloadavg(),
+        "model_config": config_to_dict(model_cfg),
+        "train_config": config_to_dict(train_cfg),
+        "num_proposals_distilled": args.num_proposals,
+        "val_images": args.val_images,
+        "crop_regions": args.crop_regions,
+        "protocol": args.protocol,
+        "freeze": args.freeze if args.protocol == "trunk" else [],
+        "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
+        "trunk_steps": args.trunk_steps,
+        "row_steps": args.row_steps,
+        "rfs_threshold": args.rfs_threshold,
+        "row_set": args.row_set,
+        "model_set": args.model_set,
+        "shared_timings_s": shared_timings,
+        "world": json.loads((args.world / "world.json").read_text())["sizes"],
+    }
 
 
 def main() -> int:
@@ -268,6 +298,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="trunk protocol: train up to J rows at once, each in its own process "
                         "(--threads is shared among them); a GPU is mostly idle under one")
+    parser.add_argument("--workers", type=int, help="loader processes of each training (default: "
+                        "vild's for the device; with --jobs, the spare cores shared among the jobs)")
     parser.add_argument("--train-only", metavar="SEED:MODE", help=argparse.SUPPRESS)
     parser.add_argument("--rows", nargs="*", default=[key for _, key in ROWS], choices=[key for _, key in ROWS],
                         help="rows to train and evaluate (default: all; without 'supervised' the "
@@ -350,45 +382,14 @@ def main() -> int:
     for seed in range(args.seeds):
         per_seed.append(run_seed(seed, args, args.world, teacher, vocab, text, args.work, shared))
         stages[f"seed{seed}"], mark = time.perf_counter() - mark, time.perf_counter()
+        if seed + 1 < args.seeds:  # what is done survives a run stopped part-way
+            write_results(args.results, "shapeworld_partial", per_seed,
+                          run_meta(args, stages, started, shared_timings), log)
     stages["total"] = time.perf_counter() - started
-    summary = aggregate(per_seed)
-    model_cfg, train_cfg = preset("shapeworld-quick" if args.quick else "shapeworld")
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "threads": args.threads,
-        "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
-                   else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
-        "eval_device": str(args.device),
-        "jobs": args.jobs,
-        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
-        "seeds": args.seeds,
-        "quick": args.quick,
-        "command": "python benchmarks/shapeworld.py " + " ".join(sys.argv[1:]),
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "load_average": os.getloadavg(),
-        "model_config": config_to_dict(model_cfg),
-        "train_config": config_to_dict(train_cfg),
-        "num_proposals_distilled": args.num_proposals,
-        "val_images": args.val_images,
-        "crop_regions": args.crop_regions,
-        "protocol": args.protocol,
-        "freeze": args.freeze if args.protocol == "trunk" else [],
-        "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
-        "trunk_steps": args.trunk_steps,
-        "row_steps": args.row_steps,
-        "rfs_threshold": args.rfs_threshold,
-        "row_set": args.row_set,
-        "model_set": args.model_set,
-        "shared_timings_s": shared_timings,
-        "world": json.loads((args.world / "world.json").read_text())["sizes"],
-    }
+    meta = run_meta(args, stages, started, shared_timings)
     stem = "shapeworld_quick" if args.quick else "shapeworld"
-    args.results.mkdir(parents=True, exist_ok=True)
-    save_json(args.results / f"{stem}.json", {"meta": meta, "summary": summary, "per_seed": per_seed})
-    (args.results / f"{stem}.md").write_text(markdown(summary, meta))
-    log(f"wrote {args.results / stem}.{{json,md}} in {meta['wall_minutes']:.1f} min")
-    print(markdown(summary, meta))
+    write_results(args.results, stem, per_seed, meta, log)
+    print((args.results / f"{stem}.md").read_text())
     return 0
 
 

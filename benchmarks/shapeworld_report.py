@@ -1,9 +1,13 @@
-"""The ShapeWorld table's summary over seeds (mean and spread) and its markdown rendering."""
+"""The ShapeWorld table's summary over seeds (mean and spread), its markdown rendering and its
+results files."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
+
+from vild.io import save_json
 
 #: (label in the table, row key), in the paper's order
 ROWS = [
@@ -61,3 +65,12 @@ def markdown(summary: dict, meta: dict) -> str:
     for sup, rec in summary["rpn_recall_novel"].items():
         lines.append(f"| {sup} | " + " | ".join(cell(rec[k]) for k in ("AR@100", "AR@300", "AR@1000")) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_results(folder: Path, stem: str, per_seed: list[dict], meta: dict, log) -> None:
+    """FOLDER/STEM.json (meta, summary over the seeds, every seed's rows) and STEM.md (the table)."""
+    summary = aggregate(per_seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(folder / f"{stem}.json", {"meta": meta, "summary": summary, "per_seed": per_seed})
+    (folder / f"{stem}.md").write_text(markdown(summary, meta))
+    log(f"wrote {folder / stem}.{{json,md}} ({len(per_seed)} seed(s), {meta['wall_minutes']:.1f} min)")

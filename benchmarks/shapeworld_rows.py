@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from vild.data.loading import available_cores
 from vild.io import config_to_dict
 
 
@@ -31,6 +32,11 @@ def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
             )
 
 
+def row_overrides(args) -> tuple[dict, dict]:
+    """(model, train) settings of every row: --model-set, then --row-set."""
+    return {**args.model_overrides, **args.row_overrides[0]}, args.row_overrides[1]
+
+
 def train_rows_in_parallel(args, script: Path, log) -> None:
     """--jobs J (trunk protocol): every seed's untrained rows, each in its own process
     (`--train-only SEED:MODE`), J at a time. The rows share nothing but the frozen trunk and the
@@ -48,6 +54,8 @@ def train_rows_in_parallel(args, script: Path, log) -> None:
         elif item != "--fresh" and not item.startswith(("--jobs=", "--threads=")):
             argv.append(item)
     threads = max(1, args.threads // args.jobs)
+    if args.workers is None:  # eight GPU jobs with eight loader workers each would swamp the cores
+        argv += ["--workers", str(max(0, available_cores() // args.jobs - 1))]
     running: list[tuple[tuple[int, str], subprocess.Popen]] = []
     failed = []
     while tasks or running:
