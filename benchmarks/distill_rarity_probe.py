@@ -13,7 +13,10 @@ distilled train images, the held-out train images and val):
   * the ViLD-image head in the training loop's form (8 images x their 100 proposals a step,
     SGD 0.04, clip 1, 1000 steps) with per-proposal weights: uniform (the paper), and
     the formula of `vild.regions.rarity` (what `vild train --set distill_rarity=P` uses) at
-    power 0.5 and 1 (threshold 0.8, and 0.9 at power 1), over the probe's proposals.
+    power 0.5 and 1 (threshold 0.8, and 0.9 at power 1), over the probe's proposals;
+  * the same head distilled on each image's top 10/20/30 proposals only, and with a relational
+    loss (the student's softmax similarities to the step's teacher embeddings against the
+    teacher's own) instead of or beside L1.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> int:
     p.add_argument("--cache", type=Path, required=True, help="benchmarks/distill_probe.py's pooled features")
     p.add_argument("--holdout", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="*", help="run only these variants (default: all)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,12 +100,17 @@ def main() -> int:
             opt.step()
         return report(head)
 
-    def distill(weights: torch.Tensor, steps: int = 1000) -> dict:
+    def distill(weights: torch.Tensor, steps: int = 1000, top: int | None = None, l1: float = 1.0,
+                relational: float = 0.0, tau: float = 0.05) -> dict:
+        """top: only each image's `top` best-ranked proposals; relational: weight of a loss on
+        the student's softmax similarities to the step's teacher embeddings, against the
+        teacher's own (temperature tau), beside (l1 = 1) or instead of (l1 = 0) the L1 loss."""
         torch.manual_seed(0)
         head = P.trunk_head(model, teacher_emb.shape[1])
         params = list(head.parameters())
         opt = torch.optim.SGD(params, lr=0.04, momentum=0.9, weight_decay=1e-4)
-        keep = torch.where(split["train_props"])[0]
+        keep = split["train_props"] if top is None else split["train_props"] & (cache["prop_rank"] < top)
+        keep = torch.where(keep)[0]
         w = weights / weights[keep].mean()
         images, rows = P._runs(cache["prop_image"][keep], keep)
         gen = torch.Generator().manual_seed(0)
@@ -109,8 +118,12 @@ def main() -> int:
             for g in opt.param_groups:
                 g["lr"] = P.lr_at(step, steps, 0.04)
             sel = torch.cat([rows[k] for k in torch.randint(len(images), (8,), generator=gen).tolist()])
-            diff = (head(cache["prop_feat"][sel]) - teacher_emb[sel]).abs().sum(1)
-            loss = 0.5 * (diff * w[sel]).mean()
+            student, target = head(cache["prop_feat"][sel]), teacher_emb[sel]
+            loss = 0.5 * l1 * ((student - target).abs().sum(1) * w[sel]).mean()
+            if relational:
+                wanted = torch.softmax(target @ target.T / tau, 1)
+                got = torch.log_softmax(F.normalize(student, dim=1) @ target.T / tau, 1)
+                loss = loss + relational * (-(wanted * got).sum(1) * w[sel]).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -129,7 +142,22 @@ def main() -> int:
         "distill_rarity_0.5": lambda: distill(rarity(0.5)),
         "distill_rarity_1": lambda: distill(rarity(1.0)),
         "distill_rarity_1_threshold_0.9": lambda: distill(rarity(1.0, 0.9)),
+        # fewer proposals per image: fewer background ones (store rank = RPN score order)
+        "distill_top30": lambda: distill(torch.ones(len(teacher_emb)), top=30),
+        "distill_top20": lambda: distill(torch.ones(len(teacher_emb)), top=20),
+        "distill_top10": lambda: distill(torch.ones(len(teacher_emb)), top=10),
+        "distill_top20_rarity_0.5": lambda: distill(rarity(0.5), top=20),
+        # a relational loss: rank the step's teacher embeddings as the teacher does
+        "distill_relational_only_tau0.05": lambda: distill(torch.ones(len(teacher_emb)), l1=0, relational=1),
+        "distill_relational_only_tau0.1": lambda: distill(torch.ones(len(teacher_emb)), l1=0, relational=1, tau=0.1),
+        "distill_relational_only_tau0.02": lambda: distill(torch.ones(len(teacher_emb)), l1=0, relational=1, tau=0.02),
+        "distill_l1_plus_relational_tau0.05": lambda: distill(torch.ones(len(teacher_emb)), relational=1),
     }
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(variants))
+        if unknown:
+            p.error(f"unknown --variants {unknown}; known: {sorted(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.variants}
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "variants": {}}
     for name, run in variants.items():
         started = time.perf_counter()
