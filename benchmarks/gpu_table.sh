@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Issue 14 on a lent GPU (15 minutes of device time a session, start-up included): the default
-# world's ShapeWorld table, 3 seeds, with today's teacher (item 1), and a wider trunk as one
-# more row set (item 4, the talk's backbone slide), run side by side:
-#   table: benchmarks/shapeworld.py with the CPU-trained trunks and teacher carried in, the
-#          region store built here, the 15 rows trained 8 at a time (--jobs), then evaluated;
-#   wide:  the same rows (seed 0, no CLIP rows) from a trunk with twice the backbone widths
-#          and twice the FPN channels, trained here.
+# world's ShapeWorld table, 3 seeds, with today's teacher (item 1), then the distillation rows
+# again with rarity-weighted distillation (`distill_rarity=0.5`, docs/distillation.md section 5):
+#   table:  benchmarks/shapeworld.py with the CPU-trained trunks and teacher carried in, the
+#           region store built here, all 15 rows trained at once (--jobs), then evaluated;
+#   rarity: once the table's rows are trained, the 3 seeds' rows again from the same trunk and
+#           store (ViLD-text too: a row records the trunk's path, and the setting does not touch
+#           it), trained while the table evaluates.
 # One training process keeps an H200 about 15% busy (benchmarks/results/gpu_h200/), so jobs
 # share it. Each stage has its own time limit; shapeworld.py writes after every seed, so a
 # stopped stage still returns what it finished (shapeworld_partial.*).
@@ -20,19 +21,18 @@ OUT=${OUT:?set OUT}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 T0=$(date +%s)
-WIDE="tiny_widths=64,128,192,256 fpn_channels=128"
 if [ -n "${DRY:-}" ]; then
   DEV=cpu; PY=${PY:-.venv/bin/python}; export PYTHONPATH=$PWD/src
   WORLD_ARGS="--num-train 16 --num-val 6"
   SW_ARGS="--trunk-steps 2 --row-steps 2 --val-images 4 --crop-regions 10"
-  JOBS=3; THREADS=2; WIDE_JOBS=2; WIDE_THREADS=1; WIDE="tiny_widths=16,32,48,64 fpn_channels=32"
+  JOBS=3; THREADS=2; RARITY_JOBS=4
   TEACHER=${TEACHER:-benchmarks/work/teacher-quick}
 else
   DEV=cuda; PY=python3
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD/src
   WORLD_ARGS=""; SW_ARGS=""
-  JOBS=8; THREADS=10; WIDE_JOBS=4; WIDE_THREADS=4
+  JOBS=15; THREADS=15; RARITY_JOBS=12
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
@@ -45,18 +45,28 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run under a time limit, log its wall
 }
 $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
 
-W=/tmp/vild-gpu/world; SW=/tmp/vild-gpu/sw; SWW=/tmp/vild-gpu/sw-wide
+W=/tmp/vild-gpu/world; SW=/tmp/vild-gpu/sw; SWR=/tmp/vild-gpu/sw-rarity
 rm -rf /tmp/vild-gpu; mkdir -p "$SW"
 # the default world's train and val splits (byte-identical without the web corpus, which only the teacher needs)
 stage world 90 $PY -m vild make-world "$W" --num-web 1 --num-web-val 1 --quiet $WORLD_ARGS
 [ -z "${DRY:-}" ] && cp -r .gpu/trunk .gpu/trunk-all "$SW/"
 
 stage bf16_test 120 $PY -m pytest -q -p no:cacheprovider -rs -k "cuda and bf16" tests/training/test_numerics.py &
-stage wide "${WIDE_LIMIT:-500}" $PY benchmarks/shapeworld.py --world "$W" --teacher "${TEACHER:-.gpu/teacher}" --work "$SWW" \
-  --seeds 1 --rows text image vild ensemble --model-set $WIDE --jobs $WIDE_JOBS --threads $WIDE_THREADS \
-  --device $DEV --no-progress --results "$OUT/wide" $SW_ARGS &
-stage table "${TABLE_LIMIT:-480}" $PY benchmarks/shapeworld.py --world "$W" --teacher "${TEACHER:-.gpu/teacher}" --work "$SW" \
+rarity() {  # waits for the table's rows, then trains and evaluates the rarity-weighted ones
+  until [ "$(ls "$SW"/seed*/*/model.safetensors 2>/dev/null | wc -l)" -ge 15 ]; do
+    sleep 5; [ $(( $(date +%s) - T0 )) -gt "${RARITY_WAIT:-300}" ] && { echo "=== rarity: table rows not ready"; return; }
+  done
+  mkdir -p "$SWR"; ln -s "$SW/trunk" "$SW/regions" "$SWR/"
+  stage rarity $(( ${RARITY_END:-530} - ($(date +%s) - T0) )) $PY benchmarks/shapeworld.py --world "$W" --teacher "${TEACHER:-.gpu/teacher}" \
+    --work "$SWR" --seeds 3 --rows text image vild ensemble --row-set distill_rarity=0.5 --jobs $RARITY_JOBS \
+    --threads $RARITY_JOBS --device $DEV --no-progress --results "$OUT/rarity" $SW_ARGS
+}
+rarity &
+stage table "${TABLE_LIMIT:-420}" $PY benchmarks/shapeworld.py --world "$W" --teacher "${TEACHER:-.gpu/teacher}" --work "$SW" \
   --seeds 3 --jobs $JOBS --threads $THREADS --device $DEV --no-progress --results "$OUT/table" $SW_ARGS
 wait
+for d in "$OUT"/table "$OUT"/rarity; do  # at most 8 files come back: a finished table needs no partial one
+  [ -f "$d/shapeworld.json" ] && rm -f "$d"/shapeworld_partial.*
+done
 echo "=== done at +$(( $(date +%s) - T0 )) s"
 ls -lR "$OUT"
