@@ -65,6 +65,8 @@ rarity &
 stage table "${TABLE_LIMIT:-420}" $PY benchmarks/shapeworld.py --world "$W" --teacher "${TEACHER:-.gpu/teacher}" --work "$SW" \
   --seeds 3 --jobs $JOBS --threads $THREADS --device $DEV --no-progress --results "$OUT/table" $SW_ARGS
 wait
+# seed 0's ViLD-ensemble (the bundled model's row), one file
+[ -f "$SW/seed0/ensemble/model.safetensors" ] && tar -C "$SW/seed0" --exclude resume -cf "$OUT/ensemble_seed0.tar" ensemble
 for d in "$OUT"/table "$OUT"/rarity; do  # at most 8 files come back: a finished table needs no partial one
   [ -f "$d/shapeworld.json" ] && rm -f "$d"/shapeworld_partial.*
 done
