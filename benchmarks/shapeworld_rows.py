@@ -3,6 +3,7 @@ trained J at a time, each in a process of its own)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,6 +21,10 @@ def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
     saved = json.loads((out / "train_config.json").read_text())
     checks = [(key, saved.get(key), getattr(wanted, key))
               for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm")]
+    # settings newer than some saved rows: a row saved before one existed had its default
+    defaults = {f.name: f.default for f in dataclasses.fields(wanted)}
+    checks += [(key, saved.get(key, defaults[key]), getattr(wanted, key))
+               for key in ("distill_rarity", "distill_rarity_threshold")]
     if wanted_model is not None and (out / "model_config.json").is_file():
         model = json.loads((out / "model_config.json").read_text())
         asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists

@@ -70,6 +70,15 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
         bench.check_same_schedule(tmp_path, TrainConfig(steps=4000, lr=0.04, batch_size=8, seed=0))
     with pytest.raises(SystemExit, match="clip_grad_norm"):
         bench.check_same_schedule(tmp_path, dataclasses.replace(saved, clip_grad_norm=None))
+    # `--row-set distill_rarity=0.5` must not reuse a uniformly distilled row ...
+    with pytest.raises(SystemExit, match="distill_rarity"):
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, distill_rarity=0.5))
+    # ... while a row saved before the setting existed counts as its default (uniform)
+    older = {k: v for k, v in dataclasses.asdict(saved).items() if not k.startswith("distill_rarity")}
+    (tmp_path / "train_config.json").write_text(json.dumps(older))
+    bench.check_same_schedule(tmp_path, saved)
+    with pytest.raises(SystemExit, match="distill_rarity"):
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, distill_rarity=1.0))
 
 
 def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
