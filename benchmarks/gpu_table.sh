@@ -11,8 +11,8 @@
 # share it. Each stage has its own time limit; shapeworld.py writes after every seed, so a
 # stopped stage still returns what it finished (shapeworld_partial.*).
 # Inputs beside the tree (name them in the device tool's `carry`): .whl (../shared/tools/gpu-wheels.sh)
-# and .gpu/ holding teacher/, trunk/ and trunk-all/ (copies of benchmarks/work/teacher and
-# benchmarks/work/shapeworld/trunk{,-all} without resume/).
+# and .gpu/ holding teacher/ (benchmarks/work/teacher with its open_clip_model.safetensors
+# gzipped), trunk/ and trunk-all/ (benchmarks/work/shapeworld/trunk{,-all} without resume/).
 #   bash benchmarks/gpu_table.sh                          # on the device machine
 #   DRY=1 OUT=/tmp/gpu-dry bash benchmarks/gpu_table.sh   # plumbing on the CPU, tiny settings
 set -u
@@ -33,6 +33,9 @@ else
   export PYTHONPATH=/tmp/site:$PWD/src
   WORLD_ARGS=""; SW_ARGS=""
   JOBS=15; THREADS=15; RARITY_JOBS=12
+  # the teacher's weights travel gzipped (the carry limit is 64 MiB)
+  TEACHER=/tmp/vild-teacher; rm -rf $TEACHER; mkdir -p $TEACHER; cp .gpu/teacher/*.json $TEACHER/
+  gunzip -c .gpu/teacher/open_clip_model.safetensors.gz > $TEACHER/open_clip_model.safetensors || exit 1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
