@@ -8,7 +8,10 @@
 #           store (ViLD-text too: a row records the trunk's path, and the setting does not touch
 #           it), trained while the table evaluates.
 # One training process keeps an H200 about 15% busy (benchmarks/results/gpu_h200/), so jobs
-# share it. Each stage has its own time limit; shapeworld.py writes after every seed, so a
+# were meant to share it. Measured (2026-11-27, H200): 15 jobs ran at 1.3 steps/s each (10.3
+# images/s), 19 steps/s together against 12-15 for one process, so the 15 rows did not finish
+# in the table's 420 s and nothing came back; the cause (GPU time-slicing between processes or
+# the host) was not measured. Do not run it as it is: fewer jobs, or rows one after another. Each stage has its own time limit; shapeworld.py writes after every seed, so a
 # stopped stage still returns what it finished (shapeworld_partial.*).
 # Inputs beside the tree (name them in the device tool's `carry`): .whl (../shared/tools/gpu-wheels.sh)
 # and .gpu/ holding teacher/ (benchmarks/work/teacher with its open_clip_model.safetensors

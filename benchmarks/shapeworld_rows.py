@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -63,18 +64,28 @@ def train_rows_in_parallel(args, script: Path, log) -> None:
         argv += ["--workers", str(max(0, available_cores() // args.jobs - 1))]
     running: list[tuple[tuple[int, str], subprocess.Popen]] = []
     failed = []
-    while tasks or running:
-        while tasks and len(running) < args.jobs:
-            seed, mode = tasks.pop(0)
-            log(f"seed {seed}: training {mode} in a process of its own")
-            cmd = [sys.executable, str(script), *argv, "--threads", str(threads),
-                   "--no-progress", "--train-only", f"{seed}:{mode}"]
-            running.append(((seed, mode), subprocess.Popen(cmd)))
-        time.sleep(1)
-        for task, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((task, proc))
-                if proc.returncode:
-                    failed.append(task)
+    # `timeout` or a kill stops this process alone: end the rows with it (they would hold the
+    # GPU and the terminal's output open), then exit as a process killed by SIGTERM
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        while tasks or running:
+            while tasks and len(running) < args.jobs:
+                seed, mode = tasks.pop(0)
+                log(f"seed {seed}: training {mode} in a process of its own")
+                cmd = [sys.executable, str(script), *argv, "--threads", str(threads),
+                       "--no-progress", "--train-only", f"{seed}:{mode}"]
+                running.append(((seed, mode), subprocess.Popen(cmd)))
+            time.sleep(1)
+            for task, proc in list(running):
+                if proc.poll() is not None:
+                    running.remove((task, proc))
+                    if proc.returncode:
+                        failed.append(task)
+    finally:
+        for _, proc in running:
+            proc.terminate()
+        for _, proc in running:
+            proc.wait()
+        signal.signal(signal.SIGTERM, previous)
     if failed:
         raise SystemExit(f"rows failed to train (seed, mode): {failed}; their logs are above")
