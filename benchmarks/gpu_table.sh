@@ -42,14 +42,7 @@ else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-stage() {  # stage NAME LIMIT_S COMMAND...: run under a time limit, log its wall time and status
-  local name=$1 limit=$2; shift 2
-  local start=$(date +%s)
-  echo "=== $name: start at +$((start - T0)) s, limit $limit s"
-  timeout --kill-after=5 "$limit" "$@"
-  echo "=== $name: rc $? after $(( $(date +%s) - start )) s (total +$(( $(date +%s) - T0 )) s)"
-}
-$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
+source benchmarks/gpu_stage.sh  # stage NAME LIMIT_S COMMAND...
 
 W=/tmp/vild-gpu/world; SW=/tmp/vild-gpu/sw; SWR=/tmp/vild-gpu/sw-rarity
 rm -rf /tmp/vild-gpu; mkdir -p "$SW"
