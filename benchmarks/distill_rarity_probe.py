@@ -17,6 +17,10 @@ distilled train images, the held-out train images and val):
   * the same head distilled on each image's top 10/20/30 proposals only, and with a relational
     loss (the student's softmax similarities to the step's teacher embeddings against the
     teacher's own) instead of or beside L1.
+
+`--by-size 16 24 32` also splits val top-1 by object size (the square root of the box area in
+the original image's pixels, at those edges), for every head and for the teacher itself: does
+the student fall short of the teacher on small objects only (resolution) or at every size?
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def main() -> int:
     p.add_argument("--holdout", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variants", nargs="*", help="run only these variants (default: all)")
+    p.add_argument("--by-size", type=float, nargs="*", metavar="PX",
+                   help="also report val top-1 by object size, split at these edges (sqrt of box area, px)")
+    p.add_argument("--val-images", type=int, default=250, help="the cache's val images (--by-size)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,13 +82,17 @@ def main() -> int:
     split = {"train_props": cache["prop_image"] < cut, "held_props": cache["prop_image"] >= cut,
              "train_tgt": cache["tgt_image"] < cut, "held_tgt": cache["tgt_image"] >= cut}
     teacher_emb = cache["prop_teacher"].float()
+    size_bins = val_size_bins(args, cache) if args.by_size else None
 
     def report(head) -> dict:
         with torch.no_grad():
             r = {}
             for part, sel in (("distilled_train", split["train_tgt"]), ("heldout_train", split["held_tgt"])):
                 r.update(P.top1(part, head(cache["tgt_feat"][sel]), cache["tgt_label"][sel], text, base))
-            r.update(P.top1("val", head(cache["val_feat"]), cache["val_label"], text, base))
+            val_emb = head(cache["val_feat"])
+            r.update(P.top1("val", val_emb, cache["val_label"], text, base))
+            if size_bins is not None:
+                r["val_by_size"] = top1_by_size(val_emb, cache["val_label"], text, base, size_bins)
         return r
 
     def oracle(balanced: bool) -> dict:
@@ -159,12 +170,54 @@ def main() -> int:
             p.error(f"unknown --variants {unknown}; known: {sorted(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.variants}
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "variants": {}}
+    if size_bins is not None:
+        result["teacher_val_by_size"] = top1_by_size(cache["val_teacher"].float(), cache["val_label"],
+                                                     text, base, size_bins)
+        print("teacher", json.dumps(result["teacher_val_by_size"]), flush=True)
     for name, run in variants.items():
         started = time.perf_counter()
         result["variants"][name] = {**run(), "seconds": round(time.perf_counter() - started, 1)}
         print(name, json.dumps(result["variants"][name]), flush=True)
         save_json(args.out, result)
     return 0
+
+
+def val_size_bins(args, cache) -> tuple[torch.Tensor, list[str]]:
+    """(bin index of every cached val box, bin names): the cache's val boxes in its order
+    (`distill_probe.build_cache`: the first --val-images images, those without boxes skipped)."""
+    from vild.data.detection import DetectionDataset
+
+    paths = P.world_paths(args.world)
+    ids = P.dataset_vocabulary(paths["val"])["category_ids"]
+    val = DetectionDataset(paths["val_images"], paths["val"], category_ids=ids, with_masks=False)
+    sizes = []
+    for i in range(min(args.val_images, len(val))):
+        boxes = val[i][1]["boxes"]
+        if len(boxes):
+            sizes.append(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt())
+    sizes = torch.cat(sizes)
+    if len(sizes) != len(cache["val_label"]):
+        raise SystemExit(f"{len(sizes)} val boxes in the world's first {args.val_images} images, "
+                         f"{len(cache['val_label'])} in the cache: give the cache's --val-images")
+    edges = sorted(args.by_size)
+    names = [f"<{edges[0]:g}px"] + [f"{a:g}-{b:g}px" for a, b in zip(edges, edges[1:])] + [f">={edges[-1]:g}px"]
+    return torch.bucketize(sizes, torch.tensor(edges), right=True), names
+
+
+def top1_by_size(emb, labels, text, base, size_bins) -> dict:
+    """Top-1 (base / novel) and box counts in each size bin."""
+    bins, names = size_bins
+    hit = ((emb @ text.T).argmax(1) == labels).double()
+    novel = ~base[labels]
+    out = {}
+    for b, name in enumerate(names):
+        entry = {}
+        for kind, sel in (("base", (bins == b) & ~novel), ("novel", (bins == b) & novel)):
+            n = int(sel.sum())
+            entry[f"top1_{kind}"] = round(100 * float(hit[sel].mean()), 1) if n else None
+            entry[f"boxes_{kind}"] = n
+        out[name] = entry
+    return out
 
 
 if __name__ == "__main__":
