@@ -92,11 +92,10 @@ def test_vocabulary_change_reuses_embeddings_and_never_reloads(model_dir, monkey
     import vild.inference.detector as detmod
     import vild.teacher.teacher as teachmod
     import vild.text as textmod
-
-    import vild.model as modelmod
+    import vild.training.checkpoint as modelmod  # the one model-folder reader builds the model
 
     calls = {"model": 0, "teacher": 0, "encode": []}  # encode: one list of entries per call
-    assert not hasattr(detmod, "build_detector")  # looked up in vild.model at load time
+    assert not hasattr(detmod, "build_detector")  # models come only from the folder reader
 
     orig_build = modelmod.build_detector
     orig_load = teachmod.Teacher.load.__func__

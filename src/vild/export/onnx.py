@@ -129,8 +129,8 @@ def export_model(name_or_path: str | None, out: str | os.PathLike, *, weights: s
     """A registered model, model folder or hf-hub:ORG/REPO -> an ONNX file at `out`.
     -> (path, what the file carries, detections compared by the check or None)."""
     from vild.inference import registry
-    from vild.inference.folders import load_model_folder, load_vocabulary_folder
     from vild.model.graph import DetectionGraph
+    from vild.training.checkpoint import load_model, load_vocabulary
 
     if opset < 17:
         raise VildError(f"--opset {opset}: the graph needs opset 17 or later")
@@ -140,8 +140,8 @@ def export_model(name_or_path: str | None, out: str | os.PathLike, *, weights: s
     if not out.parent.is_dir():
         raise VildError(f"--out {out}: folder {out.parent} does not exist")
     resolved = registry.resolve(name_or_path, weights=weights, teacher=teacher)
-    model = load_model_folder(resolved.folder, expected=resolved.expected)
-    vocab, embeddings = load_vocabulary_folder(resolved.folder, model.config.embed_dim)
+    model = load_model(resolved.folder, expected=resolved.expected)
+    vocab, embeddings = load_vocabulary(resolved.folder, model.config.embed_dim, required=False)
     try:
         graph = DetectionGraph(model, method=method, max_detections=max_detections)
     except ValueError as e:

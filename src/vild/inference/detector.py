@@ -22,11 +22,11 @@ import torch
 
 from vild.errors import VildError, VocabularyError
 from vild.inference.encoder import VocabularyEncoder, default_vocabulary, load_teacher
-from vild.inference.folders import load_model_folder, load_vocabulary_folder
 from vild.inference.inputs import ImageRegions, Vocabulary, as_image_list, check_post, class_names
 from vild.data.images import load_image
 from vild.model.methods import CROP_METHODS, DESCRIPTIONS, methods_for_mode, native_method
 from vild.model.predict import MIN_INPUT_SIDE, PRECISIONS  # noqa: F401 - part of this module's API
+from vild.training.checkpoint import load_model, load_vocabulary
 
 log = logging.getLogger("vild.inference")
 
@@ -108,8 +108,8 @@ class Detector:
 
         device = check_device(device)
         resolved = registry.resolve(name_or_path, weights=weights, teacher=teacher)
-        model = load_model_folder(resolved.folder, device=device, expected=resolved.expected)
-        vocab, embeddings = load_vocabulary_folder(resolved.folder, model.config.embed_dim)
+        model = load_model(resolved.folder, device=device, expected=resolved.expected)
+        vocab, embeddings = load_vocabulary(resolved.folder, model.config.embed_dim, required=False)
         teacher_obj = load_teacher(
             resolved.teacher, identity=resolved.teacher_identity, embed_dim=model.config.embed_dim,
             model_name=resolved.name, device=device,
@@ -315,4 +315,4 @@ class Detector:
                 f"{self.max_labels:,} (Detector.max_labels)")
 
 
-__all__ = ["Detector", "ImageRegions", "Vocabulary", "load_model_folder", "load_vocabulary_folder"]
+__all__ = ["Detector", "ImageRegions", "Vocabulary"]

@@ -38,15 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vild.errors import VildError, WeightsUnavailableError
+from vild.training.model_files import MODEL_CONFIG, MODEL_WEIGHTS, TEXT_EMBEDDINGS, VOCABULARY
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "shapeworld-vild-ensemble"
 DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT = "vild-detector/1"
-MODEL_CONFIG = "model_config.json"
-MODEL_WEIGHTS = "model.safetensors"
-VOCABULARY = "vocabulary.json"
-TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 MODEL_FILES = (MODEL_CONFIG, MODEL_WEIGHTS, VOCABULARY, TEXT_EMBEDDINGS, DETECTOR_FILE)
 TEACHER_FILES = ("open_clip_config.json", "open_clip_model.safetensors")
 BUNDLE_LIMIT_BYTES = 30 * 1024 * 1024

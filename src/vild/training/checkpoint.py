@@ -12,14 +12,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from vild.errors import VildError
+from vild.errors import VildError, one_line
 from vild.io import atomic_write_text, load_config, save_config
 from vild.model import ViLDConfig, ViLDDetector, build_detector
+from vild.training.model_files import MODEL_CONFIG, MODEL_WEIGHTS, TEXT_EMBEDDINGS, VOCABULARY
 
-MODEL_CONFIG = "model_config.json"
-MODEL_WEIGHTS = "model.safetensors"
-VOCABULARY = "vocabulary.json"
-TEXT_EMBEDDINGS = "text_embeddings.safetensors"
 RESUME_DIR = "resume"
 
 
@@ -38,23 +35,40 @@ def save_model(folder: str | Path, model: ViLDDetector) -> None:
     save_config(folder / MODEL_CONFIG, model.config)
 
 
-def load_model(folder: str | Path, *, device: str = "cpu") -> ViLDDetector:
+def load_model(folder: str | Path, *, device: str = "cpu", expected: dict | None = None) -> ViLDDetector:
+    """model_config.json + model.safetensors -> `ViLDDetector` in eval mode on `device`.
+    `expected`: config values a registry entry's name promises ({"backbone": ...}). Every
+    problem (missing, unreadable or mismatched files, a config unlike `expected`) is one
+    `VildError` line: callers range from `vild train --init` to `Detector.from_pretrained`."""
     folder = Path(folder)
     for name in (MODEL_CONFIG, MODEL_WEIGHTS):
         if not (folder / name).is_file():
             raise VildError(f"{folder} is not a vild model folder: {name} is missing")
-    config = load_config(ViLDConfig, folder / MODEL_CONFIG)
+    config_path, weights_path = folder / MODEL_CONFIG, folder / MODEL_WEIGHTS
+    try:
+        config = load_config(ViLDConfig, config_path)
+    except VildError as e:
+        message = str(e)
+        raise VildError(message if str(config_path) in message else f"{config_path}: {message}") from None
+    except (TypeError, ValueError) as e:
+        raise VildError(f"{config_path} is not a valid model config ({one_line(e)})") from None
+    for key, want in (expected or {}).items():
+        got = getattr(config, key)
+        if got != want:
+            raise VildError(f"{config_path} has {key}={got!r}, this model name expects {want!r}")
     model = build_detector(config)
     try:
-        state = load_file(str(folder / MODEL_WEIGHTS), device=device)
-    except Exception as e:
-        raise VildError(f"cannot read {folder / MODEL_WEIGHTS}: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        state = load_file(str(weights_path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - corrupt / truncated / not safetensors
+        raise VildError(f"{weights_path} is not a readable safetensors file ({one_line(e)})") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same names, other shapes
+        raise VildError(f"{weights_path} does not match {MODEL_CONFIG} ({one_line(e)})") from None
     if missing or unexpected:
         raise VildError(
-            f"{folder / MODEL_WEIGHTS} does not match {MODEL_CONFIG}: "
-            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+            f"{weights_path} does not match {MODEL_CONFIG}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     return model.to(device).eval()
 
 
@@ -67,15 +81,40 @@ def save_vocabulary(folder: str | Path, vocabulary: dict, text_embeddings: torch
     tmp.replace(folder / TEXT_EMBEDDINGS)
 
 
-def load_vocabulary(folder: str | Path) -> tuple[dict, torch.Tensor]:
+def load_vocabulary(folder: str | Path, embed_dim: int | None = None, *,
+                    required: bool = True) -> tuple[dict | None, torch.Tensor | None]:
+    """vocabulary.json + text_embeddings.safetensors, checked against each other (and against
+    the model's `embed_dim` when given). A folder with neither file is an error when
+    `required`, else (None, None): a model folder for `Detector` may omit its vocabulary."""
     folder = Path(folder)
-    if not (folder / VOCABULARY).is_file() or not (folder / TEXT_EMBEDDINGS).is_file():
-        raise VildError(f"{folder} has no saved vocabulary ({VOCABULARY}, {TEXT_EMBEDDINGS})")
-    vocabulary = json.loads((folder / VOCABULARY).read_text())
-    embeddings = load_file(str(folder / TEXT_EMBEDDINGS))["embeddings"]
-    if embeddings.shape[0] != len(vocabulary["names"]):
-        raise VildError(f"{folder}: {TEXT_EMBEDDINGS} rows do not match {VOCABULARY}")
-    return vocabulary, embeddings
+    have = [(folder / f).is_file() for f in (VOCABULARY, TEXT_EMBEDDINGS)]
+    if not any(have):
+        if required:
+            raise VildError(f"{folder} has no saved vocabulary ({VOCABULARY}, {TEXT_EMBEDDINGS})")
+        return None, None
+    if not all(have):
+        present, absent = (VOCABULARY, TEXT_EMBEDDINGS) if have[0] else (TEXT_EMBEDDINGS, VOCABULARY)
+        raise VildError(f"model folder {folder} has {present} but no {absent}")
+    try:
+        vocab = json.loads((folder / VOCABULARY).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise VildError(f"{folder / VOCABULARY} is not valid JSON ({e})") from None
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("names"), list) or not vocab["names"]:
+        raise VildError(f"{folder / VOCABULARY} has no 'names' list")
+    vocab.setdefault("synonyms", [[] for _ in vocab["names"]])
+    try:
+        emb = load_file(str(folder / TEXT_EMBEDDINGS))["embeddings"]
+    except Exception as e:  # noqa: BLE001 - corrupt / truncated / no "embeddings" tensor
+        raise VildError(f"{folder / TEXT_EMBEDDINGS} is not a readable text-embedding file ({one_line(e)})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(vocab["names"]) or len(vocab["synonyms"]) != len(vocab["names"]):
+        raise VildError(
+            f"model folder {folder}: {TEXT_EMBEDDINGS} has {tuple(emb.shape)} rows for "
+            f"{len(vocab['names'])} names in {VOCABULARY}")
+    if embed_dim is not None and emb.shape[1] != embed_dim:
+        raise VildError(f"model folder {folder}: text embeddings are {emb.shape[1]}-d, the model is {embed_dim}-d")
+    if not bool(torch.isfinite(emb).all()):
+        raise VildError(f"model folder {folder}: {TEXT_EMBEDDINGS} contains NaN or infinity")
+    return vocab, emb.float()
 
 
 # ------------------------------------------------------------------- resumable training state
