@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from vild.cli import main
 from vild.data.world import (
     COLOURS, WorldConfig, build_categories, load_category_specs, load_world, make_world, resolve_novel,
 )
 from vild.errors import VildError
+from vild.teacher.corpus import load_web_corpus
 
 # Tiny but complete; rare weight raised so that novel objects surely appear in 16 train images.
 TINY = dict(seed=3, num_train=16, num_val=12, num_web=3, num_web_val=2, train_weights=(1.0, 0.5, 0.5))
@@ -172,15 +174,19 @@ def test_ring_mask_has_a_hole():
 def test_web_corpus(world):
     C = len(world.categories)
     for split, per_cat in (("train", TINY["num_web"]), ("val", TINY["num_web_val"])):
-        web = world.load_web(split)
-        assert web.images.shape == (C * per_cat, 64, 64, 3) and web.images.dtype == np.uint8
-        assert web.category_ids.dtype == np.int64
-        assert np.bincount(web.category_ids, minlength=C + 1)[1:].tolist() == [per_cat] * C
-        assert len(web.captions) == len(web.images) and all(isinstance(c, str) and c for c in web.captions)
-        assert web.images.std() > 10  # not blank
+        web = world.load_web(split)  # the teacher's reader and type: torch, channels first
+        assert web.images.shape == (C * per_cat, 3, 64, 64) and web.images.dtype == torch.uint8
+        assert web.category_ids.dtype == torch.int64
+        assert np.bincount(web.category_ids.numpy(), minlength=C + 1)[1:].tolist() == [per_cat] * C
+        assert len(web.captions) == len(web) == len(web.images)
+        assert all(isinstance(c, str) and c for c in web.captions)
+        assert web.images.float().std() > 10  # not blank
+    assert type(world.load_web("val")) is type(load_web_corpus(world.root, "val"))
+    with pytest.raises(VildError, match="web split"):
+        world.load_web("test")
     names = {w.lower() for c in world.categories for w in [c["name"].replace("_", " "), *c["synonyms"]]}
     web = world.load_web("train")
-    for caption, cid in zip(web.captions, web.category_ids):
+    for caption, cid in zip(web.captions, web.category_ids.tolist()):
         cat = world.categories[cid - 1]
         assert any(w.lower() in caption.lower() for w in [cat["name"].replace("_", " "), *cat["synonyms"]])
     assert len(set(web.captions)) > len(web.captions) // 2
