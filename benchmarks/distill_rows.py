@@ -52,7 +52,7 @@ def main() -> int:
     model_over, train_over = parse_overrides(args.sets)
     model_over.setdefault("image_temperature", teacher.logit_scale)
     row_args = types.SimpleNamespace(quick=False, rfs_threshold=0.1, init_modules=[], freeze=["backbone", "rpn"],
-                                     progress=False, device=torch.device(args.device))
+                                     progress=False, device=torch.device(args.device), workers=None)
     for mode in args.modes:
         shapeworld.train_row(args.out / mode, mode, seed=args.seed, args=row_args, world=args.world, vocab=vocab,
                              text=text, store=args.store, steps=args.steps, init_from=args.trunk,
