@@ -49,6 +49,18 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     table = (tmp_path / "results" / "shapeworld_quick.md").read_text()
     assert "ViLD-ensemble" in table and "AR_r@100" in table
 
+    # the ablation script trains rows from the same trunk and store with other settings
+    rows = [
+        sys.executable, str(ROOT / "benchmarks" / "distill_rows.py"), "--world", str(tmp_path / "world"),
+        "--teacher", str(tmp_path / "teacher"), "--trunk", str(tmp_path / "work" / "trunk"),
+        "--store", str(tmp_path / "work" / "regions"), "--modes", "image", "--set", "distill_rarity=0.5",
+        "--steps", "2", "--out", str(tmp_path / "rows"),
+    ]
+    done = subprocess.run(rows, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trained = json.loads((tmp_path / "rows" / "image" / "train_config.json").read_text())
+    assert trained["distill_rarity"] == 0.5 and trained["steps"] == 2
+
 
 def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     import importlib.util
