@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from vild.data.world.layout import WORLD_VERSION
+
 TINY_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -65,7 +67,7 @@ def write_tiny_world(root, n_train: int = 96, n_val: int = 24, size: int = 32, s
     (root / "web").mkdir(parents=True, exist_ok=True)
     cats = [{"id": i + 1, "name": s, "synonyms": [f"{s} shape"], "frequency": "f" if i < 2 else "r",
              "novel": i == 2} for i, s in enumerate(SHAPES)]
-    (root / "world.json").write_text(json.dumps({"categories": cats}))
+    (root / "world.json").write_text(json.dumps({"version": WORLD_VERSION, "categories": cats}))
     colours = list(COLOURS)
     for split, n in (("train", n_train), ("val", n_val)):
         images, ids, captions = [], [], []

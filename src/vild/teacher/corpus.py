@@ -8,32 +8,27 @@ The corpus reader is the world's own (`vild.data.world.layout`, an earlier stage
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from vild.data.world.layout import WebCorpus, load_web_corpus
+from vild.data.world.layout import WebCorpus, load_web_corpus, load_world
 from vild.errors import VildError
 
 __all__ = ["WebCorpus", "load_categories", "load_web_corpus", "world_colour_words"]
 
 
-def world_colour_words(world_dir: Path) -> list[str]:
-    """Colour names of a world (world.json["colours"]), [] if it lists none."""
+def world_colour_words(world_dir: str | os.PathLike) -> list[str]:
+    """Colour names of a world (caption colour dropout); [] for a folder with only a web
+    corpus, which is all the teacher needs."""
     try:
-        data = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
-        return [c["name"] if isinstance(c, dict) else str(c) for c in data.get("colours", [])]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return load_world(Path(world_dir).expanduser()).colour_words
+    except VildError:
         return []
 
 
 def load_categories(world_dir: str | os.PathLike) -> list[dict]:
-    """`WORLD/world.json["categories"]`: [{id, name, synonyms, frequency, novel}, ...]."""
-    path = Path(world_dir).expanduser() / "world.json"
-    if not path.is_file():
-        raise VildError(f"{path} is missing (generate the world with `vild make-world`)")
-    try:
-        cats = json.loads(path.read_text(encoding="utf-8"))["categories"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise VildError(f"{path} has no categories list: {e}") from None
-    return cats
+    """The world's categories: [{id, name, synonyms, frequency, novel, ...}, ...]."""
+    categories = load_world(Path(world_dir).expanduser()).info.get("categories")
+    if not isinstance(categories, list):
+        raise VildError(f"{Path(world_dir) / 'world.json'} has no categories list")
+    return categories

@@ -96,6 +96,11 @@ class World:
         return [c["name"] for c in self.categories]
 
     @property
+    def colour_words(self) -> list[str]:
+        """The colour names the captions use (world.json["colours"]); [] if it lists none."""
+        return [c["name"] if isinstance(c, dict) else str(c) for c in self.info.get("colours", [])]
+
+    @property
     def novel_ids(self) -> list[int]:
         return [c["id"] for c in self.categories if c["novel"]]
 
