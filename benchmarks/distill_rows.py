@@ -8,7 +8,9 @@ region store, with other settings, into their own work folder (issue 14's ablati
 
 Each mode trains with `shapeworld.py`'s own `train_row` (the same preset, seed, 1000 steps,
 backbone and RPN frozen, image_temperature at the teacher's logit scale) into OUT/MODE, one
-after another; run one process per mode to use more cores. Evaluate the rows with
+after another; run one process per mode to use more cores. `--scratch` trains the row from
+random initialisation instead (the paper's protocol, `shapeworld.py --protocol scratch`; 4000
+steps unless `--steps` is given), distilling the same store; `--trunk` is then not needed. Evaluate the rows with
 `benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
 """
 
@@ -35,27 +37,32 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=Path, required=True)
     p.add_argument("--teacher", type=Path, required=True)
-    p.add_argument("--trunk", type=Path, required=True)
+    p.add_argument("--trunk", type=Path, help="the base trunk the rows start from (not with --scratch)")
+    p.add_argument("--scratch", action="store_true", help="train from random initialisation, nothing frozen")
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--modes", nargs="+", required=True, choices=("text", "image", "vild", "ensemble"))
     p.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, help="default: 1000 on the trunk, 4000 with --scratch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    if args.scratch == (args.trunk is not None):
+        p.error("give either --trunk or --scratch")
+    steps = args.steps or (4000 if args.scratch else 1000)
     torch.set_num_threads(args.threads)
     teacher = Teacher.load(str(args.teacher))
     vocab = dataset_vocabulary(world_paths(args.world)["val"])
     text = text_embeddings_for(teacher, vocab)
     model_over, train_over = parse_overrides(args.sets)
     model_over.setdefault("image_temperature", teacher.logit_scale)
-    row_args = types.SimpleNamespace(quick=False, rfs_threshold=0.1, init_modules=[], freeze=["backbone", "rpn"],
+    row_args = types.SimpleNamespace(quick=False, rfs_threshold=0.1, init_modules=[],
+                                     freeze=[] if args.scratch else ["backbone", "rpn"],
                                      progress=False, device=torch.device(args.device), workers=None)
     for mode in args.modes:
         shapeworld.train_row(args.out / mode, mode, seed=args.seed, args=row_args, world=args.world, vocab=vocab,
-                             text=text, store=args.store, steps=args.steps, init_from=args.trunk,
+                             text=text, store=args.store, steps=steps, init_from=args.trunk,
                              overrides=(model_over, train_over))
     return 0
 

@@ -60,6 +60,13 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     trained = json.loads((tmp_path / "rows" / "image" / "train_config.json").read_text())
     assert trained["distill_rarity"] == 0.5 and trained["steps"] == 2
+    assert trained["init_from"] == str(tmp_path / "work" / "trunk") and trained["freeze"] == ["backbone", "rpn"]
+    # ... or from random initialisation, distilling the same store
+    scratch = rows[:rows.index("--trunk")] + rows[rows.index("--store"):-1] + [str(tmp_path / "rows-scratch"), "--scratch"]
+    done = subprocess.run(scratch, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trained = json.loads((tmp_path / "rows-scratch" / "image" / "train_config.json").read_text())
+    assert trained["init_from"] is None and trained["freeze"] == [] and trained["steps"] == 2
 
 
 def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
