@@ -193,10 +193,12 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     model_dirs = train_seed_rows(seed, args, world, teacher, vocab, text, work, shared, timings)
 
     def evaluate(model_dir: Path, method: str = "native", mask=base_mask) -> dict:
+        model = load_model(model_dir).to(args.device)
         result = evaluate_detector(
-            load_model(model_dir).to(args.device), paths["val_images"], paths["val"], text, vocab["category_ids"],
+            model, paths["val_images"], paths["val"], text, vocab["category_ids"],
             base_mask=mask, novel_category_ids=novel_ids, method=method, teacher=teacher,
-            progress=args.progress, max_images=args.val_images, num_crop_regions=args.crop_regions,
+            progress=args.progress, max_images=args.val_images,
+            num_crop_regions=args.crop_regions or model.config.rpn_post_nms_top_n_test,
         )
         return row_metrics(result)
 
@@ -245,7 +247,7 @@ def run_meta(args, stages: dict, started: float, shared_timings: dict) -> dict:
         "train_config": config_to_dict(train_cfg),
         "num_proposals_distilled": args.num_proposals,
         "val_images": args.val_images,
-        "crop_regions": args.crop_regions,
+        "crop_regions": args.crop_regions or model_cfg.rpn_post_nms_top_n_test,
         "protocol": args.protocol,
         "freeze": args.freeze if args.protocol == "trunk" else [],
         "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
@@ -287,8 +289,9 @@ def main() -> int:
                         help="proposals per training image whose teacher embeddings are distilled")
     parser.add_argument("--val-images", type=int, default=250,
                         help="evaluate on the first N val images (0: all)")
-    parser.add_argument("--crop-regions", type=int, default=100,
-                        help="proposals classified by the teacher in the CLIP rows")
+    parser.add_argument("--crop-regions", type=int, default=None,
+                        help="proposals classified by the teacher in the CLIP rows (default: every test "
+                        "proposal of the RPN, as the other rows score; the tables before 2026-11-28 used 100)")
     parser.add_argument("--row-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="model or training settings of every row (not the trunks), as "
                         "`vild train --set`: e.g. distill_weight=1 clip_grad_norm=none")
