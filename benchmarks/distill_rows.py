@@ -10,8 +10,8 @@ Each mode trains with `shapeworld.py`'s own `train_row` (the same preset, seed, 
 backbone and RPN frozen, image_temperature at the teacher's logit scale) into OUT/MODE, one
 after another; run one process per mode to use more cores. `--scratch` trains the row from
 random initialisation instead (the paper's protocol, `shapeworld.py --protocol scratch`; 4000
-steps unless `--steps` is given), distilling the same store; `--trunk` is then not needed. Evaluate the rows with
-`benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
+steps unless `--steps` is given), distilling the same store; `--trunk` is then not needed.
+Evaluate the rows with `benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
 """
 
 from __future__ import annotations
