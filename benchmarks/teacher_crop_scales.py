@@ -6,9 +6,10 @@ base and novel, and by object size.
         --teacher benchmarks/work/teacher-s7 --out benchmarks/results/distill_s7/teacher_crop_scales.json
 
 The region store and the rows distil `Teacher.encode_regions` (the paper's 1x + 1.5x crops,
-each embedding normalised, summed, normalised again); this measures the same embeddings from
-other crop sets, against the same 63-prompt text embeddings, on the first `--images` images of
-a split. It is a bound on what distillation can carry, not a row.
+each embedding normalised, summed, normalised again); this measures the same embeddings
+(`encode_regions(..., scales=...)`) from other crop sets, against the same 63-prompt text
+embeddings, on the first `--images` images of a split. It is a bound on what distillation can
+carry, not a row.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -31,15 +31,6 @@ from vild.teacher import Teacher  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 CROP_SETS = {"1x": (1.0,), "1.5x": (1.5,), "2x": (2.0,), "1x+1.5x (the paper)": (1.0, 1.5), "1x+1.5x+2x": (1.0, 1.5, 2.0)}
-
-
-@torch.no_grad()
-def embed(teacher: Teacher, image: torch.Tensor, boxes: torch.Tensor, scales) -> torch.Tensor:
-    """[N, D]: each scale's crop embedded and normalised, summed over scales, normalised."""
-    crops = teacher.region_crops(image, boxes, scales=scales)  # [S, N, 3, H, W]
-    k, n = crops.shape[:2]
-    emb = F.normalize(teacher.model.encode_image(crops.reshape(k * n, *crops.shape[2:])).float(), dim=-1)
-    return F.normalize(emb.view(k, n, -1).sum(0), dim=-1)
 
 
 def top1_table(hits: torch.Tensor, novel: torch.Tensor, size: torch.Tensor, edges: list[float]) -> dict:
@@ -83,7 +74,7 @@ def main() -> int:
         labels.append(target["labels"])
         sizes.append(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp_min(0).sqrt())
         for name, scales in CROP_SETS.items():
-            embeddings[name].append(embed(teacher, image, boxes, scales))
+            embeddings[name].append(teacher.encode_regions(image, boxes, scales=scales))
     label, size = torch.cat(labels), torch.cat(sizes)
     novel = ~base[label]
     result = {

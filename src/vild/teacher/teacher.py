@@ -323,18 +323,20 @@ class Teacher:
 
     @torch.no_grad()
     def encode_regions(self, image: torch.Tensor, boxes: torch.Tensor, *,
-                       batch_size: int = 128) -> torch.Tensor:
+                       batch_size: int = 128, scales: Sequence[float] = REGION_SCALES) -> torch.Tensor:
         """ViLD region embeddings: image [3, H, W] float 0..1, boxes [N, 4] xyxy px -> [N, D].
 
         Each box is embedded from its 1x crop and its 1.5x crop (same centre, 1.5x width and
         height); the two image embeddings are L2-normalised, summed and L2-normalised again.
         Boxes are processed `batch_size` at a time (2 x batch_size crops per forward pass).
+        `scales` replaces the paper's (1, 1.5) crops, for ablations.
         """
-        return self.encode_regions_batch([image], [boxes], batch_size=batch_size)[0]
+        return self.encode_regions_batch([image], [boxes], batch_size=batch_size, scales=scales)[0]
 
     @torch.no_grad()
     def encode_regions_batch(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], *,
-                             batch_size: int = 128) -> list[torch.Tensor]:
+                             batch_size: int = 128,
+                             scales: Sequence[float] = REGION_SCALES) -> list[torch.Tensor]:
         """`encode_regions` over several images (of any sizes): lists of [3, H_i, W_i] and
         [N_i, 4] -> list of [N_i, D]. Crops of consecutive images share forward passes."""
         if len(images) != len(boxes):
@@ -373,7 +375,7 @@ class Teacher:
                 e = min(s + batch_size, b.shape[0])
                 if pending_n + (e - s) > batch_size:
                     flush()
-                pending.append((i, s, e, self.region_crops(image, b[s:e])))
+                pending.append((i, s, e, self.region_crops(image, b[s:e], scales)))
                 pending_n += e - s
         flush()
         return outputs
