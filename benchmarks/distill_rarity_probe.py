@@ -153,6 +153,9 @@ def main() -> int:
         "distill_rarity_0.5": lambda: distill(rarity(0.5)),
         "distill_rarity_1": lambda: distill(rarity(1.0)),
         "distill_rarity_1_threshold_0.9": lambda: distill(rarity(1.0, 0.9)),
+        # four times the steps: with more distilled images, whether more passes carry more
+        "distill_uniform_steps4000": lambda: distill(torch.ones(len(teacher_emb)), steps=4000),
+        "distill_rarity_0.5_steps4000": lambda: distill(rarity(0.5), steps=4000),
         # fewer proposals per image: fewer background ones (store rank = RPN score order)
         "distill_top30": lambda: distill(torch.ones(len(teacher_emb)), top=30),
         "distill_top20": lambda: distill(torch.ones(len(teacher_emb)), top=20),
