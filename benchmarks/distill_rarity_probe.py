@@ -156,6 +156,8 @@ def main() -> int:
         # four times the steps: with more distilled images, whether more passes carry more
         "distill_uniform_steps4000": lambda: distill(torch.ones(len(teacher_emb)), steps=4000),
         "distill_rarity_0.5_steps4000": lambda: distill(rarity(0.5), steps=4000),
+        "distill_uniform_steps16000": lambda: distill(torch.ones(len(teacher_emb)), steps=16000),
+        "distill_rarity_0.5_steps16000": lambda: distill(rarity(0.5), steps=16000),
         # fewer proposals per image: fewer background ones (store rank = RPN score order)
         "distill_top30": lambda: distill(torch.ones(len(teacher_emb)), top=30),
         "distill_top20": lambda: distill(torch.ones(len(teacher_emb)), top=20),
