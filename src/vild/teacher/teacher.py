@@ -328,7 +328,7 @@ class Teacher:
 
         Each box is embedded from its 1x crop and its 1.5x crop (same centre, 1.5x width and
         height); the two image embeddings are L2-normalised, summed and L2-normalised again.
-        Boxes are processed `batch_size` at a time (2 x batch_size crops per forward pass).
+        Boxes are processed `batch_size` at a time (len(scales) x batch_size crops per forward pass).
         `scales` replaces the paper's (1, 1.5) crops, for ablations.
         """
         return self.encode_regions_batch([image], [boxes], batch_size=batch_size, scales=scales)[0]
@@ -349,7 +349,7 @@ class Teacher:
         counts = [int(b.shape[0]) for b in boxes]
         dim = self.embed_dim
         # Work items: (image index, start, end) chunks of at most batch_size boxes, then
-        # packed into forward passes of at most batch_size boxes (2 x batch_size crops).
+        # packed into forward passes of at most batch_size boxes (len(scales) x batch_size crops).
         outputs = [torch.empty((n, dim), dtype=torch.float32, device=self.device) for n in counts]
         pending: list[tuple[int, int, int, torch.Tensor]] = []
         pending_n = 0
@@ -358,7 +358,7 @@ class Teacher:
             nonlocal pending, pending_n
             if not pending:
                 return
-            crops = torch.cat([c for *_, c in pending], dim=1)  # [2, M, 3, S, S]
+            crops = torch.cat([c for *_, c in pending], dim=1)  # [len(scales), M, 3, S, S]
             k, m = crops.shape[:2]
             emb = F.normalize(self.model.encode_image(crops.reshape(k * m, *crops.shape[2:])).float(), dim=-1)
             emb = F.normalize(emb.view(k, m, -1).sum(0), dim=-1)
