@@ -6,15 +6,17 @@
     .venv/bin/python benchmarks/shapeworld.py --device cuda   # teacher, trunks, store, rows on the GPU
 
 On 2 quiet CPU cores the defaults take about 20 min for each of the two trunks (4000 steps),
-6 min for the region store, then about 16 min per seed (five rows of 1000 steps, seven
-evaluations).
+6 min for the region store, then per seed five rows of 4000 steps (10-12 min each on one core)
+and seven evaluations (about 8 min, most of it the two CLIP rows).
 
 Regenerates the world and trains the teacher if missing. Default protocol "trunk": one
 detector trunk is trained once on base categories (backbone, RPN, box and mask heads, with
 fixed random class prototypes: no teacher, no novel label), like a pretrained detector shared
 by every row; the teacher embeds its RPN's proposals once (the region store). Then per seed
 every row starts from the trunk's matching weights (backbone and RPN frozen) and trains its
-region-embedding heads: ViLD-text, ViLD-image, ViLD, ViLD-ensemble. The supervised
+region-embedding heads: ViLD-text, ViLD-image, ViLD, ViLD-ensemble (4000 steps; the distilling
+rows weight each proposal's L1 term by the rarity of its teacher embedding, `--rarity` and
+`--image-rarity`, chosen on world s7: docs/distillation.md section 8). The supervised
 base+novel baseline (RFS) starts instead from a twin trunk trained on base+novel labels, whose
 RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on
 cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
@@ -30,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -44,9 +45,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
-from shapeworld_report import ROWS, write_results  # noqa: E402
+from shapeworld_report import ROWS, run_meta, write_results  # noqa: E402
 from shapeworld_rows import check_same_schedule, row_overrides, train_rows_in_parallel  # noqa: E402
-from vild.io import config_to_dict, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
@@ -164,6 +164,10 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
     def row(mode: str, **kwargs) -> Path:
         if only is not None and mode != only:
             return seed_dir / mode
+        if mode in ("image", "vild", "ensemble"):  # --row-set distill_rarity=P still wins
+            model_over, train_over = kwargs["overrides"]
+            rarity = args.image_rarity if mode == "image" else args.rarity
+            kwargs = dict(kwargs, overrides=(model_over, {"distill_rarity": rarity, **train_over}))
         return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
 
     if args.protocol == "trunk":
@@ -226,41 +230,6 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
     return {"rows": rows, "rpn_recall_novel": recall, "timings_s": timings}
 
 
-def run_meta(args, stages: dict, started: float, shared_timings: dict) -> dict:
-    model_cfg, train_cfg = preset("shapeworld-quick" if args.quick else "shapeworld", model=args.model_overrides)
-    return {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}",
-        "threads": args.threads,
-        "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
-                   else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
-        "eval_device": str(args.device),
-        "jobs": args.jobs,
-        "workers": args.workers,
-        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
-        "seeds": args.seeds,
-        "quick": args.quick,
-        "command": "python benchmarks/shapeworld.py " + " ".join(sys.argv[1:]),
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "load_average": os.getloadavg(),
-        "model_config": config_to_dict(model_cfg),
-        "train_config": config_to_dict(train_cfg),
-        "num_proposals_distilled": args.num_proposals,
-        "val_images": args.val_images,
-        "crop_regions": args.crop_regions or model_cfg.rpn_post_nms_top_n_test,
-        "protocol": args.protocol,
-        "freeze": args.freeze if args.protocol == "trunk" else [],
-        "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
-        "trunk_steps": args.trunk_steps,
-        "row_steps": args.row_steps,
-        "rfs_threshold": args.rfs_threshold,
-        "row_set": args.row_set,
-        "model_set": args.model_set,
-        "shared_timings_s": shared_timings,
-        "world": json.loads((args.world / "world.json").read_text())["sizes"],
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", type=Path, help="default: benchmarks/work/world[-quick]")
@@ -274,7 +243,15 @@ def main() -> int:
                         help="steps of the shared trunks (0: the preset's). On the base names "
                         "600 steps gave box APc 1.7, 4000 (16 epochs) 48.1 "
                         "(benchmarks/results/shapeworld_diagnostics{_600steps,}.json)")
-    parser.add_argument("--row-steps", type=int, default=1000, help="steps of each row (0: the preset's)")
+    parser.add_argument("--row-steps", type=int, default=4000,
+                        help="steps of each row (0: the preset's). 4000 with rarity weighting was "
+                        "chosen on world s7 over 1000 uniform (docs/distillation.md section 8)")
+    parser.add_argument("--rarity", type=float, default=0.5,
+                        help="rarity weighting P of the ViLD and ViLD-ensemble rows' distillation loss "
+                        "(`distill_rarity`; 0: the paper's uniform L1)")
+    parser.add_argument("--image-rarity", type=float, default=1.0,
+                        help="rarity weighting P of the ViLD-image row (chosen apart on world s7: "
+                        "its loss is all distillation)")
     parser.add_argument("--init-modules", nargs="*", default=[],
                         help="trunk protocol: which trunk weights initialise every row (module name "
                              "prefixes; default: every weight whose name and shape match: backbone, "

@@ -3,11 +3,21 @@ results files."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
+import os
+import platform
 import statistics
+import sys
+import time
 from pathlib import Path
 
-from vild.io import save_json
+import torch
+
+from vild.data.loading import available_cores
+from vild.io import config_to_dict, save_json
+from vild.training.presets import preset
 
 #: (label in the table, row key), in the paper's order
 ROWS = [
@@ -74,3 +84,39 @@ def write_results(folder: Path, stem: str, per_seed: list[dict], meta: dict, log
     save_json(folder / f"{stem}.json", {"meta": meta, "summary": summary, "per_seed": per_seed})
     (folder / f"{stem}.md").write_text(markdown(summary, meta))
     log(f"wrote {folder / stem}.{{json,md}} ({len(per_seed)} seed(s), {meta['wall_minutes']:.1f} min)")
+
+
+def run_meta(args, stages: dict, started: float, shared_timings: dict) -> dict:
+    model_cfg, train_cfg = preset("shapeworld-quick" if args.quick else "shapeworld", model=args.model_overrides)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "threads": args.threads,
+        "device": (f"{args.device}: {torch.cuda.get_device_name(args.device)}" if args.device.type == "cuda"
+                   else f"cpu: {platform.processor() or platform.machine()}, {available_cores()} cores"),
+        "eval_device": str(args.device),
+        "jobs": args.jobs,
+        "workers": args.workers,
+        "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
+        "seeds": args.seeds,
+        "quick": args.quick,
+        "command": "python benchmarks/shapeworld.py " + " ".join(sys.argv[1:]),
+        "wall_minutes": (time.perf_counter() - started) / 60,
+        "load_average": os.getloadavg(),
+        "model_config": config_to_dict(model_cfg),
+        "train_config": config_to_dict(train_cfg),
+        "num_proposals_distilled": args.num_proposals,
+        "val_images": args.val_images,
+        "crop_regions": args.crop_regions or model_cfg.rpn_post_nms_top_n_test,
+        "protocol": args.protocol,
+        "freeze": args.freeze if args.protocol == "trunk" else [],
+        "init_modules": (args.init_modules or "all matching") if args.protocol == "trunk" else [],
+        "trunk_steps": args.trunk_steps,
+        "row_steps": args.row_steps,
+        "distill_rarity": {"vild": args.rarity, "ensemble": args.rarity, "image": args.image_rarity},
+        "rfs_threshold": args.rfs_threshold,
+        "row_set": args.row_set,
+        "model_set": args.model_set,
+        "shared_timings_s": shared_timings,
+        "world": json.loads((args.world / "world.json").read_text())["sizes"],
+    }

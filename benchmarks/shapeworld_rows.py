@@ -21,11 +21,17 @@ def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
     image_temperature only scores, so a row trained before it followed the teacher is reused."""
     saved = json.loads((out / "train_config.json").read_text())
     checks = [(key, saved.get(key), getattr(wanted, key))
-              for key in ("steps", "lr", "batch_size", "seed", "init_from", "clip_grad_norm")]
-    # settings newer than some saved rows: a row saved before one existed had its default
-    defaults = {f.name: f.default for f in dataclasses.fields(wanted)}
-    checks += [(key, saved.get(key, defaults[key]), getattr(wanted, key))
-               for key in ("distill_rarity", "distill_rarity_threshold")]
+              for key in ("steps", "lr", "batch_size", "seed", "clip_grad_norm")]
+    # the same trunk named by another path (relative from the repository root, or absolute)
+    had_init, asked_init = saved.get("init_from"), wanted.init_from
+    if had_init is None or asked_init is None or Path(had_init).resolve() != Path(asked_init).resolve():
+        checks.append(("init_from", had_init, asked_init))
+    # settings newer than some saved rows: a row saved before one existed had its default.
+    # A ViLD-text row distils nothing, so the distillation loss's settings do not touch it.
+    if wanted_model is None or wanted_model.mode != "text":
+        defaults = {f.name: f.default for f in dataclasses.fields(wanted)}
+        checks += [(key, saved.get(key, defaults[key]), getattr(wanted, key))
+                   for key in ("distill_rarity", "distill_rarity_threshold")]
     if wanted_model is not None and (out / "model_config.json").is_file():
         model = json.loads((out / "model_config.json").read_text())
         asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists

@@ -42,6 +42,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     for row in ("trunk", "trunk-all", "seed0/text", "seed0/ensemble", "seed0/supervised"):
         saved = json.loads((tmp_path / "work" / row / "model_config.json").read_text())
         assert saved["fpn_channels"] == 32, row
+    # the distilling rows weight their loss by rarity (image apart); the others distil nothing
+    rarity = {mode: json.loads((tmp_path / "work" / "seed0" / mode / "train_config.json").read_text())["distill_rarity"]
+              for mode in ("text", "image", "vild", "ensemble", "supervised")}
+    assert rarity == {"text": 0.0, "image": 1.0, "vild": 0.5, "ensemble": 0.5, "supervised": 0.0}
+    assert meta["distill_rarity"] == {"vild": 0.5, "ensemble": 0.5, "image": 1.0}
     stages = meta["stage_seconds"]
     assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
     parts = sum(v for k, v in stages.items() if k != "total")
@@ -98,6 +103,37 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     bench.check_same_schedule(tmp_path, saved)
     with pytest.raises(SystemExit, match="distill_rarity"):
         bench.check_same_schedule(tmp_path, dataclasses.replace(saved, distill_rarity=1.0))
+
+
+def test_a_finished_row_is_reused_across_trunk_paths_and_by_text_rows_across_rarity(tmp_path, monkeypatch):
+    """The same trunk named relative to the repository root or absolutely is one trunk; a
+    ViLD-text row distils nothing, so the rarity setting does not stop its reuse, while a
+    distilling row's does."""
+    import dataclasses
+    import importlib.util
+
+    import pytest
+
+    from vild.model import ViLDConfig
+    from vild.training.config import TrainConfig
+
+    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work" / "trunk").mkdir(parents=True)
+    saved = TrainConfig(steps=10, init_from="work/trunk", distill_rarity=0.5)
+    (tmp_path / "train_config.json").write_text(json.dumps(dataclasses.asdict(saved)))
+    absolute = dataclasses.replace(saved, init_from=str(tmp_path / "work" / "trunk"))
+    bench.check_same_schedule(tmp_path, absolute)
+    with pytest.raises(SystemExit, match="init_from"):
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, init_from=str(tmp_path / "other")))
+    with pytest.raises(SystemExit, match="init_from"):
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, init_from=None))
+    uniform = dataclasses.replace(absolute, distill_rarity=0.0)
+    bench.check_same_schedule(tmp_path, uniform, ViLDConfig(mode="text"))
+    with pytest.raises(SystemExit, match="distill_rarity"):
+        bench.check_same_schedule(tmp_path, uniform, ViLDConfig(mode="ensemble"))
 
 
 def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
