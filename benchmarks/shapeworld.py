@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/shapeworld.py --device cuda   # teacher, trunks, store, rows on the GPU
 
 On 2 quiet CPU cores the defaults take about 20 min for each of the two trunks (4000 steps),
-6 min for the region store, then per seed five rows of 4000 steps (10-12 min each on one core)
+6 min for the region store, then per seed five rows of 4000 steps (10-15 min each on one core)
 and seven evaluations (about 8 min, most of it the two CLIP rows).
 
 Regenerates the world and trains the teacher if missing. Default protocol "trunk": one
