@@ -12,6 +12,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _load_benchmark():
+    """benchmarks/shapeworld.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_quick_benchmark_writes_every_row(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [
@@ -75,15 +85,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
 
 
 def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
-    import importlib.util
-
     import pytest
 
     from vild.training.config import TrainConfig
 
-    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark()
     import dataclasses
 
     # what train_detector records: the whole TrainConfig (clip_grad_norm and init_from included)
@@ -110,16 +116,13 @@ def test_a_finished_row_is_reused_across_trunk_paths_and_by_text_rows_across_rar
     ViLD-text row distils nothing, so the rarity setting does not stop its reuse, while a
     distilling row's does."""
     import dataclasses
-    import importlib.util
 
     import pytest
 
     from vild.model import ViLDConfig
     from vild.training.config import TrainConfig
 
-    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "work" / "trunk").mkdir(parents=True)
     saved = TrainConfig(steps=10, init_from="work/trunk", distill_rarity=0.5)
@@ -140,7 +143,6 @@ def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
     """`--row-set distill_weight=2` must not reuse a row trained with w = 0.5; the scoring-only
     image_temperature may differ."""
     import dataclasses
-    import importlib.util
 
     import pytest
 
@@ -148,9 +150,7 @@ def test_a_finished_row_with_other_model_settings_is_not_reused(tmp_path):
     from vild.model import ViLDConfig
     from vild.training.config import TrainConfig
 
-    spec = importlib.util.spec_from_file_location("shapeworld_bench", ROOT / "benchmarks" / "shapeworld.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark()
     train, model = TrainConfig(steps=10), ViLDConfig(mode="vild", distill_weight=0.5, image_temperature=50.0)
     save_config(tmp_path / "train_config.json", train)
     save_config(tmp_path / "model_config.json", model)
