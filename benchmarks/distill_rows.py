@@ -7,8 +7,8 @@ region store, with other settings, into their own work folder (issue 14's ablati
         --out benchmarks/work/sw-s7-rarity0.5/seed0
 
 Each mode trains with `shapeworld.py`'s own `train_row` (the same preset, seed, 1000 steps,
-backbone and RPN frozen, image_temperature at the teacher's logit scale) into OUT/MODE, one
-after another; run one process per mode to use more cores. `--scratch` trains the row from
+backbone and RPN frozen, the heads that imitate the teacher at its logit scale:
+`at_teacher_scale`) into OUT/MODE, one after another; run one process per mode to use more cores. `--scratch` trains the row from
 random initialisation instead (the paper's protocol, `shapeworld.py --protocol scratch`; 4000
 steps unless `--steps` is given), distilling the same store; `--trunk` is then not needed.
 Evaluate the rows with `benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import shapeworld  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
-from vild.training.presets import parse_overrides  # noqa: E402
+from vild.training.presets import at_teacher_scale, parse_overrides  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
@@ -56,14 +56,13 @@ def main() -> int:
     vocab = dataset_vocabulary(world_paths(args.world)["val"])
     text = text_embeddings_for(teacher, vocab)
     model_over, train_over = parse_overrides(args.sets)
-    model_over.setdefault("image_temperature", teacher.logit_scale)
     row_args = types.SimpleNamespace(quick=False, rfs_threshold=0.1, init_modules=[],
                                      freeze=[] if args.scratch else ["backbone", "rpn"],
                                      progress=False, device=torch.device(args.device), workers=None)
     for mode in args.modes:
         shapeworld.train_row(args.out / mode, mode, seed=args.seed, args=row_args, world=args.world, vocab=vocab,
                              text=text, store=args.store, steps=steps, init_from=args.trunk,
-                             overrides=(model_over, train_over))
+                             overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode), train_over))
     return 0
 
 

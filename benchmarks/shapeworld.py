@@ -50,7 +50,7 @@ from shapeworld_rows import check_same_schedule, row_overrides, train_rows_in_pa
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
-from vild.training.presets import parse_overrides, preset  # noqa: E402
+from vild.training.presets import at_teacher_scale, parse_overrides, preset  # noqa: E402
 from vild.training.vocabulary import (  # noqa: E402
     dataset_vocabulary,
     subset,
@@ -164,10 +164,11 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
     def row(mode: str, **kwargs) -> Path:
         if only is not None and mode != only:
             return seed_dir / mode
-        if mode in ("image", "vild", "ensemble"):  # --row-set distill_rarity=P still wins
+        if mode in ("image", "vild", "ensemble"):  # --row-set distill_rarity=P (or temperature) still wins
             model_over, train_over = kwargs["overrides"]
             rarity = args.image_rarity if mode == "image" else args.rarity
-            kwargs = dict(kwargs, overrides=(model_over, {"distill_rarity": rarity, **train_over}))
+            kwargs = dict(kwargs, overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode),
+                                             {"distill_rarity": rarity, **train_over}))
         return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
 
     if args.protocol == "trunk":

@@ -57,6 +57,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
               for mode in ("text", "image", "vild", "ensemble", "supervised")}
     assert rarity == {"text": 0.0, "image": 1.0, "vild": 0.5, "ensemble": 0.5, "supervised": 0.0}
     assert meta["distill_rarity"] == {"vild": 0.5, "ensemble": 0.5, "image": 1.0}
+    # ViLD's one head imitates the teacher: it trains and scores at the teacher's logit scale
+    heads = {mode: json.loads((tmp_path / "work" / "seed0" / mode / "model_config.json").read_text())
+             for mode in ("text", "vild", "ensemble")}
+    assert heads["text"]["temperature"] == heads["ensemble"]["temperature"] == 50.0
+    assert heads["vild"]["temperature"] == heads["vild"]["image_temperature"] != 50.0
     stages = meta["stage_seconds"]
     assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
     parts = sum(v for k, v in stages.items() if k != "total")

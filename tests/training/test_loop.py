@@ -10,7 +10,7 @@ from vild.errors import VildError
 from vild.training.checkpoint import load_model, load_vocabulary
 from vild.training.config import TrainConfig, learning_rate
 from vild.training.loop import StepBatches, TrainData, train_detector
-from vild.training.presets import parse_overrides, preset
+from vild.training.presets import at_teacher_scale, parse_overrides, preset
 from vild.training.vocabulary import dataset_vocabulary, world_paths
 
 
@@ -111,6 +111,18 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(["nope=1"])
     with pytest.raises(VildError, match="unknown preset"):
         preset("nope")
+
+
+def test_heads_that_imitate_the_teacher_take_its_temperature_unless_given():
+    """The distillation head always, ViLD's one head too; ViLD-text and the ensemble's text
+    head keep the preset's; a setting given by the user wins."""
+    assert at_teacher_scale({}, 20.5, "vild") == {"image_temperature": 20.5, "temperature": 20.5}
+    for mode in ("text", "ensemble", "image"):
+        assert at_teacher_scale({}, 20.5, mode) == {"image_temperature": 20.5}
+    given = {"temperature": 50.0, "image_temperature": 30.0, "mode": "vild"}
+    assert at_teacher_scale(given, 20.5, "vild") == given
+    model, _ = preset("shapeworld", model=at_teacher_scale({"mode": "vild"}, 20.5, "vild"))
+    assert model.temperature == model.image_temperature == 20.5
 
 
 def test_rarity_weighted_distillation_trains_and_changes_the_weights(tiny_world, tmp_path):

@@ -104,7 +104,7 @@ def _run(args, device, info) -> int:
     from vild.teacher import Teacher
     from vild.training import finetune
     from vild.training.loop import TrainData, train_detector
-    from vild.training.presets import parse_overrides, preset
+    from vild.training.presets import at_teacher_scale, parse_overrides, preset
     from vild.training.vocabulary import (
         dataset_vocabulary, labelled_category_ids, split_source, subset, text_embeddings_for,
     )
@@ -176,9 +176,8 @@ def _run(args, device, info) -> int:
         barrier()
     if init is None:
         model_over["embed_dim"] = int(all_embeddings.shape[1])
-        # The distillation head imitates the teacher's image embeddings, so its cosines to the text
-        # embeddings are scored at the teacher's own temperature (benchmarks/results/distill_s7/).
-        model_over.setdefault("image_temperature", teacher.logit_scale)
+        mode = model_over.get("mode") or preset(args.preset)[0].mode
+        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode)
         model_config, train_config = preset(args.preset, model=model_over, train=train_over)
     store = args.region_store
     if model_config.uses_distillation:
