@@ -6,9 +6,10 @@ a background RoI of the classification loss, while the distillation loss pulls t
 region towards the teacher's embedding of a novel shape: the paper's "conflicting objectives"
 of one head. This script trains rows exactly as `benchmarks/distill_rows.py` does, except that
 the training targets also hold the novel objects' boxes, labelled "ignore": RoIs matched to
-them (IoU >= 0.5) take no classification, box or mask loss, and nothing else changes. No
-category name or label of a novel object reaches any loss. It is not a method (training may
-not read novel labels); it bounds what a label-free way of finding those objects could gain.
+them (IoU >= 0.5) take no classification, box or mask loss, and nothing else changes: the
+novel boxes only mark RoIs to leave out, and no novel class or name enters a loss. It is not a
+method (training may not read novel labels); it bounds what a label-free way of finding those
+objects could gain.
 
     .venv/bin/python benchmarks/distill_ignore_novel.py --world benchmarks/work/world-s7 \\
         --teacher benchmarks/work/teacher-s7 --trunk benchmarks/work/sw-s7/trunk \\
