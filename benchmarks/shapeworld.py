@@ -164,11 +164,12 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
     def row(mode: str, **kwargs) -> Path:
         if only is not None and mode != only:
             return seed_dir / mode
-        if mode in ("image", "vild", "ensemble"):  # --row-set distill_rarity=P (or temperature) still wins
-            model_over, train_over = kwargs["overrides"]
+        # --row-set distill_rarity=P, temperature=T or image_temperature=T still wins
+        model_over, train_over = kwargs["overrides"]
+        if mode in ("image", "vild", "ensemble"):
             rarity = args.image_rarity if mode == "image" else args.rarity
-            kwargs = dict(kwargs, overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode),
-                                             {"distill_rarity": rarity, **train_over}))
+            train_over = {"distill_rarity": rarity, **train_over}
+        kwargs = dict(kwargs, overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode), train_over))
         return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
 
     if args.protocol == "trunk":
@@ -347,8 +348,6 @@ def main() -> int:
     teacher = Teacher.load(str(args.teacher), device=args.device)
     text = text_embeddings_for(teacher, vocab)
     stages["text_embeddings"], mark = time.perf_counter() - mark, time.perf_counter()
-    # the distillation head scores at the teacher's own temperature (as `vild train` does)
-    args.row_overrides[0].setdefault("image_temperature", teacher.logit_scale)
     if args.protocol == "trunk":
         shared["store"] = ensure_store(args.work / "regions", shared["trunk"], args.world, teacher,
                                        args, shared_timings)
