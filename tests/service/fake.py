@@ -8,6 +8,7 @@ request, and fails loudly if two threads ever run it at once.
 
 from __future__ import annotations
 
+import base64
 import io
 import threading
 import time
@@ -206,3 +207,8 @@ def make_image(colour: str = "red", size: tuple[int, int] = (64, 80), box=(10, 2
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """The base64 text of `data`, as a JSON request carries an image."""
+    return base64.b64encode(data).decode()

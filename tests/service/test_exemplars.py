@@ -4,7 +4,6 @@ and, with the real detector, the same detections as `Detector.detect(exemplars=.
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -14,13 +13,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from vild.service import ServiceConfig, create_app  # noqa: E402
-from tests.service.fake import FakeDetector, make_image  # noqa: E402
+from tests.service.fake import FakeDetector, b64, make_image  # noqa: E402
 
 RED_AT = (10, 20, 40, 50)  # make_image's default box
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture

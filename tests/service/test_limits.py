@@ -3,7 +3,6 @@ text encoder's context, absurdly nested JSON. Each is one clear 4xx line."""
 
 from __future__ import annotations
 
-import base64
 
 import pytest
 
@@ -11,6 +10,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from vild.service import ServiceConfig, create_app  # noqa: E402
+from tests.service.fake import b64  # noqa: E402
 from tests.service.test_real_detector import scene  # noqa: E402
 
 
@@ -19,10 +19,6 @@ def client(real_detector):
     config = ServiceConfig(max_labels=50)
     with TestClient(create_app(real_detector, config), raise_server_exceptions=False) as c:
         yield c
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def _one_line_4xx(r, status: int, code: str) -> dict:
@@ -34,7 +30,7 @@ def _one_line_4xx(r, status: int, code: str) -> dict:
 
 
 def test_labels_are_bounded_by_their_product(client):
-    img = _b64(scene())
+    img = b64(scene())
     names = [f"name{i}" for i in range(8)]
     attrs = [f"attr{i}" for i in range(7)]  # 8 x 7 = 56 labels > 50, each list far under its cap
     body = _one_line_4xx(client.post("/v1/detect", json={"image": img, "vocabulary": names, "attributes": attrs}),
@@ -46,7 +42,7 @@ def test_labels_are_bounded_by_their_product(client):
 
 
 def test_a_name_over_the_text_context_is_422_name_too_long(client):
-    img = _b64(scene())
+    img = b64(scene())
     long_name = " ".join(["zq"] * 33)  # 98 characters: under the 100-character cap, over 32 tokens
     body = _one_line_4xx(client.post("/v1/detect", json={"image": img, "vocabulary": ["star", long_name]}),
                          422, "name_too_long")
