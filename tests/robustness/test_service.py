@@ -4,7 +4,6 @@ server's peak RSS under 1.5 GB through all of it."""
 
 from __future__ import annotations
 
-import base64
 import io
 import os
 import resource
@@ -22,6 +21,7 @@ import httpx  # noqa: E402
 
 from tests.robustness.corpus import file_cases, write_corpus  # noqa: E402
 from tests.robustness.test_cli import SRC, _smooth_png  # noqa: E402
+from tests.service.fake import b64  # noqa: E402
 from tests.service.server import free_port  # noqa: E402
 
 RSS_LIMIT = int(1.5 * 2**30)
@@ -79,10 +79,6 @@ def _one_line_4xx(r: httpx.Response, what) -> None:
     assert "\n" not in body["detail"] and len(r.text) < 600 and "Traceback" not in r.text, (what, r.text[:300])
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 def test_corpus_uploads(server, tmp_path):
     url, proc, log = server
     folder = tmp_path / "corpus"
@@ -105,7 +101,7 @@ def test_hostile_requests(server, tmp_path):
     url, proc, log = server
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(buf, "PNG")
-    img = _b64(buf.getvalue())
+    img = b64(buf.getvalue())
     names = [f"n{i}" for i in range(2000)]
     hostile = [
         ("4 M labels", dict(json={"image": img, "vocabulary": names, "attributes": [f"a{i}" for i in range(2000)]})),
@@ -120,7 +116,7 @@ def test_hostile_requests(server, tmp_path):
         ("NaN threshold", dict(content=b'{"image": "%s", "threshold": NaN}' % img.encode(),
                                headers={"content-type": "application/json"})),
         ("huge max_detections", dict(json={"image": img, "max_detections": 10**12})),
-        ("bomb", dict(json={"image": _b64((Path(__file__).parent / "corpus.py").read_bytes())})),
+        ("bomb", dict(json={"image": b64((Path(__file__).parent / "corpus.py").read_bytes())})),
     ]
     with httpx.Client(base_url=url, timeout=120) as c:
         for what, kwargs in hostile:
