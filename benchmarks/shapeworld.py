@@ -370,6 +370,8 @@ def main() -> int:
     meta = run_meta(args, stages, started, shared_timings)
     stem = "shapeworld_quick" if args.quick else "shapeworld"
     write_results(args.results, stem, per_seed, meta, log)
+    for suffix in (".json", ".md"):  # the full table supersedes what a stopped run would have kept
+        (args.results / f"shapeworld_partial{suffix}").unlink(missing_ok=True)
     print((args.results / f"{stem}.md").read_text())
     return 0
 

@@ -33,8 +33,12 @@ def test_quick_benchmark_writes_every_row(tmp_path):
         "--jobs", "2",  # the rows train in processes of their own, two at a time
         "--model-set", "fpn_channels=32",  # trunks and rows alike
     ]
+    stale = tmp_path / "results" / "shapeworld_partial.json"  # as a stopped multi-seed run leaves it
+    stale.parent.mkdir()
+    stale.write_text("{}")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not stale.exists(), "the finished table must replace the partial one"
     data = json.loads((tmp_path / "results" / "shapeworld_quick.json").read_text())
     rows = data["summary"]["rows"]
     assert set(rows) == {
