@@ -3,7 +3,6 @@ text encoder's context, absurdly nested JSON. Each is one clear 4xx line."""
 
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("fastapi")
