@@ -20,14 +20,18 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+def asgi_client(app) -> httpx.AsyncClient:
+    """A client that calls the app in this event loop, through ASGI, without a server."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
 def test_concurrent_requests_get_their_own_results():
     det = FakeDetector(delay=0.01)
     app = create_app(det, ServiceConfig(cache_size=64, max_pending=64))
     colours = ["red", "green", "blue"] * 8
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             async def one(i, colour):
                 box = (5 + i, 6, 30 + i, 40)
                 r = await c.post("/v1/detect", files={"image": ("a.png", make_image(colour, box=box), "image/png")},
@@ -57,8 +61,7 @@ def test_event_loop_stays_free_while_the_model_works():
     app = create_app(det)
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             slow = asyncio.create_task(c.post("/v1/detect", json={"image": b64(make_image())}))
             await asyncio.sleep(0.1)
             loop = asyncio.get_running_loop()
@@ -78,8 +81,7 @@ def test_timeout_is_408_and_the_server_recovers():
     app = create_app(det, ServiceConfig(request_timeout_s=0.15))
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             rs = await asyncio.gather(*(c.post("/v1/detect", json={"image": b64(make_image())}) for _ in range(3)))
             await asyncio.sleep(0.5)  # the one running finishes; the queued ones never start
             return rs
@@ -98,8 +100,7 @@ def test_busy_is_503():
     app = create_app(det, ServiceConfig(max_pending=2))
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             return await asyncio.gather(*(c.post("/v1/detect", json={"image": b64(make_image())}) for _ in range(4)))
 
     codes = sorted(r.status_code for r in _run(main()))
@@ -114,8 +115,7 @@ def test_chunked_body_over_the_limit_is_413():
             yield b"x" * 20_000
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             return await c.post("/v1/detect", content=body(), headers={"content-type": "application/json"})
 
     r = _run(main())
@@ -128,8 +128,7 @@ def test_queries_go_before_queued_detector_passes():
     done: list[str] = []
 
     async def main():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with asgi_client(app) as c:
             image_id = (await c.post("/v1/images", json={"image": b64(make_image())})).json()["id"]
             det.delay = 0.3
 
