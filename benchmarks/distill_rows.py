@@ -63,7 +63,8 @@ def main() -> int:
     for mode in args.modes:
         shapeworld.train_row(args.out / mode, mode, seed=args.seed, args=row_args, world=args.world, vocab=vocab,
                              text=text, store=args.store, steps=steps, init_from=args.trunk,
-                             overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode), train_over))
+                             overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode,
+                                                         shapeworld.row_preset(row_args)), train_over))
     return 0
 
 

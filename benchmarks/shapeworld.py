@@ -96,6 +96,11 @@ def row_metrics(result: dict) -> dict:
     }
 
 
+def row_preset(args) -> str:
+    """The preset every row and trunk trains from."""
+    return "shapeworld-quick" if args.quick else "shapeworld"
+
+
 def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict, text: torch.Tensor,
               supervised: bool = False, store: Path | None = None, steps: int | None = None,
               init_from: Path | None = None, timings: dict | None = None,
@@ -114,8 +119,8 @@ def train_row(out: Path, mode: str, *, seed: int, args, world: Path, vocab: dict
                           freeze=tuple(args.freeze))
     model_over, extra_train = overrides
     model_cfg, train_cfg = preset(
-        "shapeworld-quick" if args.quick else "shapeworld",
-        model=dict(model_over, mode=mode, embed_dim=text.shape[1]), train={**extra_train, **train_over},
+        row_preset(args), model=dict(model_over, mode=mode, embed_dim=text.shape[1]),
+        train={**extra_train, **train_over},
     )
     if (out / "model.safetensors").is_file():
         check_same_schedule(out, train_cfg, model_cfg)
@@ -169,7 +174,8 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
         if mode in ("image", "vild", "ensemble"):
             rarity = args.image_rarity if mode == "image" else args.rarity
             train_over = {"distill_rarity": rarity, **train_over}
-        kwargs = dict(kwargs, overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode), train_over))
+        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode, row_preset(args))
+        kwargs = dict(kwargs, overrides=(model_over, train_over))
         return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
 
     if args.protocol == "trunk":

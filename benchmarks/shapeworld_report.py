@@ -24,7 +24,7 @@ ROWS = [
     ("CLIP on cropped regions", "clip"),
     ("ViLD-text", "text"),
     ("ViLD-image", "image"),
-    ("ViLD (w=0.5)", "vild"),
+    ("ViLD", "vild"),  # its distill_weight follows its temperature (`at_teacher_scale`)
     ("ViLD-ensemble (w=0.5)", "ensemble"),
     ("ViLD-text + CLIP", "text+clip"),
     ("Supervised-RFS (base+novel)", "supervised"),

@@ -42,7 +42,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     data = json.loads((tmp_path / "results" / "shapeworld_quick.json").read_text())
     rows = data["summary"]["rows"]
     assert set(rows) == {
-        "CLIP on cropped regions", "ViLD-text", "ViLD-image", "ViLD (w=0.5)",
+        "CLIP on cropped regions", "ViLD-text", "ViLD-image", "ViLD",
         "ViLD-ensemble (w=0.5)", "ViLD-text + CLIP", "Supervised-RFS (base+novel)",
     }
     for row in rows.values():

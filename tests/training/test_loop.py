@@ -114,15 +114,22 @@ def test_overrides_are_typed_and_checked():
 
 
 def test_heads_that_imitate_the_teacher_take_its_temperature_unless_given():
-    """The distillation head always, ViLD's one head too; ViLD-text and the ensemble's text
-    head keep the preset's; a setting given by the user wins."""
-    assert at_teacher_scale({}, 20.5, "vild") == {"image_temperature": 20.5, "temperature": 20.5}
+    """The distillation head always, ViLD's one head too, with its distillation weight scaled by
+    the same factor as its temperature; ViLD-text and the ensemble's text head keep the
+    preset's; a setting given by the user wins."""
+    assert at_teacher_scale({}, 20.5, "vild", "shapeworld") == {
+        "image_temperature": 20.5, "temperature": 20.5, "distill_weight": pytest.approx(0.5 * 20.5 / 50)}
     for mode in ("text", "ensemble", "image"):
-        assert at_teacher_scale({}, 20.5, mode) == {"image_temperature": 20.5}
+        assert at_teacher_scale({}, 20.5, mode, "shapeworld") == {"image_temperature": 20.5}
     given = {"temperature": 50.0, "image_temperature": 30.0, "mode": "vild"}
-    assert at_teacher_scale(given, 20.5, "vild") == given
-    model, _ = preset("shapeworld", model=at_teacher_scale({"mode": "vild"}, 20.5, "vild"))
+    assert at_teacher_scale(given, 20.5, "vild", "shapeworld") == given
+    weight_given = at_teacher_scale({"distill_weight": 2.0}, 20.5, "vild", "shapeworld")
+    assert weight_given["distill_weight"] == 2.0 and weight_given["temperature"] == 20.5
+    # CLIP on the LVIS preset: the paper's temperature and weight stay as they are
+    assert at_teacher_scale({}, 100.0, "vild", "lvis-r50")["distill_weight"] == pytest.approx(0.5)
+    model, _ = preset("shapeworld", model=at_teacher_scale({"mode": "vild"}, 20.5, "vild", "shapeworld"))
     assert model.temperature == model.image_temperature == 20.5
+    assert model.distill_weight == pytest.approx(0.205)
 
 
 def test_rarity_weighted_distillation_trains_and_changes_the_weights(tiny_world, tmp_path):

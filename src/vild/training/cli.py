@@ -177,7 +177,7 @@ def _run(args, device, info) -> int:
     if init is None:
         model_over["embed_dim"] = int(all_embeddings.shape[1])
         mode = model_over.get("mode") or preset(args.preset)[0].mode
-        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode)
+        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode, args.preset)
         model_config, train_config = preset(args.preset, model=model_over, train=train_over)
     store = args.region_store
     if model_config.uses_distillation:

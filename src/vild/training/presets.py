@@ -87,18 +87,26 @@ def preset(name: str, *, model: dict | None = None, train: dict | None = None) -
         raise VildError(f"bad configuration: {e}") from None
 
 
-def at_teacher_scale(model: dict, logit_scale: float, mode: str) -> dict:
+def at_teacher_scale(model: dict, logit_scale: float, mode: str, preset_name: str) -> dict:
     """Model overrides with the temperatures of the heads whose embeddings imitate the teacher's
     image embeddings set to the teacher's logit scale, unless `model` gives them: the
     distillation head's (`image_temperature`) and, in mode "vild", the one head's
     (`temperature`), which both losses share. Those embeddings' cosines to the text embeddings
     are on the teacher's scale; the paper's tau = 0.01 is CLIP's own (logit scale 100). ViLD
     on world s7: 13.6 APr at the preset's 50, 17.2 at the teacher's 20.5 (docs/distillation.md
-    section 10)."""
+    section 10).
+
+    When ViLD's temperature moves so, its `distill_weight` (unless given) moves with it: the
+    cross-entropy's gradient on the embedding scales with the temperature and the L1 term's does
+    not, so the preset's weight times (teacher's scale / preset's temperature) keeps the balance
+    between the two losses that the preset's weight was chosen at. For CLIP on the LVIS presets
+    (100 / 100) that is the paper's weight; on ShapeWorld, 0.5 x 20.5 / 50 = 0.21 (section 11)."""
     out = dict(model)
     out.setdefault("image_temperature", float(logit_scale))
-    if mode == "vild":
-        out.setdefault("temperature", float(logit_scale))
+    if mode == "vild" and "temperature" not in out:
+        base = preset(preset_name, model=out)[0]
+        out["temperature"] = float(logit_scale)
+        out.setdefault("distill_weight", base.distill_weight * float(logit_scale) / base.temperature)
     return out
 
 
