@@ -5,7 +5,8 @@
 For the models of one seed of `benchmarks/shapeworld.py`, on the first --val-images val images:
   * region classification on ground-truth boxes: top-1 accuracy of each head's region
     embedding against the 24 text embeddings (all, base, novel), so distillation's effect on
-    novel categories is seen without proposals, background or NMS;
+    novel categories is seen without proposals, background or NMS; per novel category, each
+    head's top-1 and the name it gives those boxes most often, beside the teacher's own top-1;
   * the share of detections (score > 0.05) labelled with a novel category (hubness);
   * base AP (LVIS mask APc/APf) with the full 24-name vocabulary vs with the 16 base names only;
   * statistics of the teacher's text embeddings (pairwise cosine).
@@ -36,12 +37,16 @@ from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, wo
 
 @torch.no_grad()
 def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tensor, base: torch.Tensor,
-                              max_images: int) -> dict:
-    """Top-1 of each head's embedding of every ground-truth box against all text embeddings."""
+                              max_images: int, names: list[str] | None = None) -> dict:
+    """Top-1 of each head's embedding of every ground-truth box against all text embeddings.
+    With `names`, also each novel category's top-1 and the name each head gives its boxes
+    most often: which novel shapes a head names, and which base name takes the others."""
     model.eval()
     heads = model.roi_heads
     hits: dict[str, list[bool]] = {"text_head": [], "distillation_head": [], "model_scores": []}
     is_novel: list[bool] = []
+    predicted: dict[str, list[int]] = {name: [] for name in hits}
+    truth: list[int] = []
     for i in range(min(max_images, len(dataset))):
         image, target = dataset[i]
         if len(target["boxes"]) == 0:
@@ -53,10 +58,13 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
         image_embeddings = heads.image_head(pooled)[1] if heads.image_head is not None else None
         labels = target["labels"]
         probs = heads.class_probabilities(embeddings, image_embeddings, text, base)
-        hits["model_scores"] += (probs.argmax(1) == labels).tolist()
-        hits["text_head"] += ((embeddings @ text.T).argmax(1) == labels).tolist()
+        guesses = {"model_scores": probs.argmax(1), "text_head": (embeddings @ text.T).argmax(1)}
         if image_embeddings is not None:
-            hits["distillation_head"] += ((image_embeddings @ text.T).argmax(1) == labels).tolist()
+            guesses["distillation_head"] = (image_embeddings @ text.T).argmax(1)
+        for name, guess in guesses.items():
+            hits[name] += (guess == labels).tolist()
+            predicted[name] += guess.tolist()
+        truth += labels.tolist()
         is_novel += (~base[labels]).tolist()
     novel = torch.tensor(is_novel)
     out = {}
@@ -66,6 +74,40 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
             out[name] = {"all": round(100 * float(h.mean()), 1), "base": round(100 * float(h[~novel].mean()), 1),
                          "novel": round(100 * float(h[novel].mean()), 1)}
     out["boxes"] = len(is_novel)
+    if names is not None:
+        out["novel_by_category"] = _novel_by_category(predicted, truth, base, names)
+    return out
+
+
+@torch.no_grad()
+def teacher_novel_by_category(teacher, dataset: DetectionDataset, text: torch.Tensor, base: torch.Tensor,
+                              names: list[str], max_images: int) -> dict:
+    """The teacher's own top-1 per novel category on the same boxes (1x + 1.5x crops): the bound."""
+    guesses, truth = [], []
+    for i in range(min(max_images, len(dataset))):
+        image, target = dataset[i]
+        if len(target["boxes"]):
+            guesses += (teacher.encode_regions(image, target["boxes"]).float() @ text.T).argmax(1).tolist()
+            truth += target["labels"].tolist()
+    return _novel_by_category({"teacher": guesses}, truth, base, names)["teacher"]
+
+
+def _novel_by_category(predicted: dict[str, list[int]], truth: list[int], base: torch.Tensor,
+                       names: list[str]) -> dict:
+    """{head: {novel name: {"boxes", "top1", "named_most_often"}}} on ground-truth boxes."""
+    labels = torch.tensor(truth)
+    out: dict = {}
+    for head, guesses in predicted.items():
+        if not guesses:
+            continue
+        guesses_t = torch.tensor(guesses)
+        per: dict = {}
+        for c in torch.where(~base)[0].tolist():
+            mine = guesses_t[labels == c]
+            if len(mine):
+                per[names[c]] = {"boxes": len(mine), "top1": round(100 * float((mine == c).double().mean()), 1),
+                                 "named_most_often": names[int(torch.mode(mine).values)]}
+        out[head] = per
     return out
 
 
@@ -74,7 +116,8 @@ def main() -> int:
     parser.add_argument("--world", type=Path, default=ROOT / "benchmarks/work/world")
     parser.add_argument("--teacher", type=Path, default=ROOT / "benchmarks/work/teacher")
     parser.add_argument("--seed-dir", type=Path, default=ROOT / "benchmarks/work/shapeworld/seed0")
-    parser.add_argument("--rows", nargs="*", default=["text", "image", "vild", "ensemble", "supervised"])
+    parser.add_argument("--rows", nargs="*", default=["text", "image", "vild", "ensemble", "supervised"],
+                        help="row folders of --seed-dir, or paths to model folders")
     parser.add_argument("--val-images", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/shapeworld_diagnostics.json")
@@ -103,10 +146,14 @@ def main() -> int:
         "rows": {},
     }
     gt_boxes = DetectionDataset(paths["val_images"], paths["val"], category_ids=ids, with_masks=False)
+    result["teacher_novel_by_category"] = teacher_novel_by_category(teacher, gt_boxes, text, base, vocab["names"],
+                                                                    args.val_images)
+    print("teacher", json.dumps(result["teacher_novel_by_category"]), flush=True)
     for row in args.rows:
-        model = load_model(args.seed_dir / row)
-        accuracy = ground_truth_box_accuracy(model, gt_boxes, text, base, args.val_images)
-        tmp = args.out.with_suffix(f".{row}.detections.json")
+        # a row is a folder of --seed-dir, or a path (rows of one seed kept in several folders)
+        model = load_model(Path(row) if "/" in row else args.seed_dir / row)
+        accuracy = ground_truth_box_accuracy(model, gt_boxes, text, base, args.val_images, vocab["names"])
+        tmp = args.out.with_suffix(f".{row.replace('/', '_')}.detections.json")
         full = evaluate_detector(model, paths["val_images"], paths["val"], text, ids, base_mask=base,
                                  novel_category_ids=novel_ids, progress=False, max_images=args.val_images,
                                  results_path=tmp)
