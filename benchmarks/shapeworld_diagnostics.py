@@ -71,8 +71,11 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
     for name, h in hits.items():
         if h:
             h = torch.tensor(h, dtype=torch.float64)
+            named_novel = ~base[torch.tensor(predicted[name])]
             out[name] = {"all": round(100 * float(h.mean()), 1), "base": round(100 * float(h[~novel].mean()), 1),
-                         "novel": round(100 * float(h[novel].mean()), 1)}
+                         "novel": round(100 * float(h[novel].mean()), 1),
+                         # base objects the head gives a novel name: false positives for novel AP
+                         "base_named_novel": round(100 * float(named_novel[~novel].double().mean()), 1)}
     out["boxes"] = len(is_novel)
     if names is not None:
         out["novel_by_category"] = _novel_by_category(predicted, truth, base, names)
