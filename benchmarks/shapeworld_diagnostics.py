@@ -5,8 +5,9 @@
 For the models of one seed of `benchmarks/shapeworld.py`, on the first --val-images val images:
   * region classification on ground-truth boxes: top-1 accuracy of each head's region
     embedding against the 24 text embeddings (all, base, novel), so distillation's effect on
-    novel categories is seen without proposals, background or NMS; per novel category, each
-    head's top-1 and the name it gives those boxes most often, beside the teacher's own top-1;
+    novel categories is seen without proposals, background or NMS; the share of base boxes
+    given a novel name; per novel category, each head's top-1 and the name it gives those
+    boxes most often, beside the teacher's own top-1;
   * the share of detections (score > 0.05) labelled with a novel category (hubness);
   * base AP (LVIS mask APc/APf) with the full 24-name vocabulary vs with the 16 base names only;
   * statistics of the teacher's text embeddings (pairwise cosine).
@@ -40,7 +41,7 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
                               max_images: int, names: list[str] | None = None) -> dict:
     """Top-1 of each head's embedding of every ground-truth box against all text embeddings.
     With `names`, also each novel category's top-1 and the name each head gives its boxes
-    most often: which novel shapes a head names, and which base name takes the others."""
+    most often (the category's own name unless another takes more of its boxes)."""
     model.eval()
     heads = model.roi_heads
     hits: dict[str, list[bool]] = {"text_head": [], "distillation_head": [], "model_scores": []}
