@@ -1,0 +1,244 @@
+"""Would a detector trunk made from the teacher's image tower carry what the teacher knows?
+
+    .venv/bin/python benchmarks/teacher_trunk_probe.py --world benchmarks/work/world-s7 \
+        --teacher benchmarks/work/teacher-s7 --store benchmarks/work/sw-s7/regions \
+        --out benchmarks/results/distill_s7/teacher_trunk_probe.json
+
+Sections 4-6 of docs/distillation.md find that every head on the detector's own (base-trained)
+RoI features names 37-54% of novel val objects, while the teacher, shown a crop of each box,
+names 78%. This probe asks whether the teacher's tower, run once over the whole image as a
+detector trunk would be, keeps that knowledge in its feature map. It measures, on ground-truth
+boxes of the first `--val-images` val images (novel and base top-1 against the 24 text
+embeddings):
+
+  * `crops`: the teacher itself (1x + 1.5x crops resized to its input size): the bound;
+  * `dense_x{k}`, zero-shot: the tower's last feature map of the image upsampled k times,
+    RoI-aligned over each 1x and 1.5x box to the map size the tower sees on a crop, then the
+    tower's own pooling and projection (no training at all; what F-VLM does with CLIP);
+  * `dense_per_box_scale`: the same, each box read from the map on which its longest side is
+    nearest the tower's crop size (`nearest_scale`, as FPN assigns boxes to levels);
+  * `distilled_per_box_scale`, optional (`--distill`): a head (FC 1024, projection, L2 norm)
+    trained, as ViLD-image's head is, with L1 towards the region store's teacher embeddings of
+    proposals, on those per-box-scale features (1x and 1.5x boxes, 2x2 grid; train images, the
+    last `--holdout` held out for the label-free cosine).
+Nothing here is a method of the library; it bounds what a teacher-initialised trunk could give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.distill_probe import log, lr_at, top1  # noqa: E402
+from vild.data.detection import DetectionDataset  # noqa: E402
+from vild.io import save_json  # noqa: E402
+from vild.regions.store import RegionStore  # noqa: E402
+from vild.teacher import Teacher  # noqa: E402
+from vild.teacher.crops import region_boxes  # noqa: E402
+from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
+
+
+class DenseTeacher:
+    """The teacher's image tower as a dense feature extractor with RoI pooling."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        visual = teacher.model.visual
+        if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "forward_features"):
+            raise SystemExit("this probe needs a timm-towered teacher (the ShapeWorld CNN)")
+        self.teacher = teacher
+        self.trunk, self.projection = visual.trunk.eval(), visual.head.eval()
+        with torch.no_grad():
+            probe = self.trunk.forward_features(torch.zeros(1, 3, teacher.image_size, teacher.image_size))
+        self.map_size = probe.shape[-1]  # the map the tower pools on a crop
+        self.stride = teacher.image_size / self.map_size
+
+    @torch.no_grad()
+    def feature_map(self, image: torch.Tensor, upsample: float) -> torch.Tensor:
+        x = self.teacher.normalize(image).reshape(1, *image.shape[-3:])
+        if upsample != 1:
+            x = F.interpolate(x, scale_factor=upsample, mode="bilinear", align_corners=False)
+        return self.trunk.forward_features(x)
+
+    @torch.no_grad()
+    def pooled(self, fmap: torch.Tensor, boxes: torch.Tensor, upsample: float) -> torch.Tensor:
+        """[K scales, N, C, S, S] RoI features of the 1x and 1.5x boxes (original px)."""
+        crop_boxes = region_boxes(boxes)  # [K, N, 4]
+        k, n = crop_boxes.shape[:2]
+        feats = roi_align(fmap, [crop_boxes.reshape(-1, 4)], output_size=self.map_size,
+                          spatial_scale=upsample / self.stride, sampling_ratio=2, aligned=True)
+        return feats.view(k, n, *feats.shape[1:])
+
+    @torch.no_grad()
+    def zero_shot(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The tower's own pooling and projection per scale, summed as the teacher does."""
+        emb = F.normalize(self.projection(self.trunk.forward_head(pooled.flatten(0, 1).float())), dim=-1)
+        return F.normalize(emb.view(*pooled.shape[:2], -1).sum(0), dim=-1)
+
+
+def nearest_scale(sizes: torch.Tensor, factors: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Index into `factors` per box: the upsampling that brings its longest side (px, [N])
+    nearest the tower's crop size, in log scale (as FPN assigns boxes to levels)."""
+    return (torch.log(factors[None] * sizes.clamp(min=1)[:, None] / crop_size)).abs().argmin(1)
+
+
+class Head(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, width: int = 1024) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(inplace=True))
+        self.projection = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(self.body(x.flatten(1).float())), dim=-1)
+
+
+def train_distilled(feats, targets, image_of, cut, *, steps, lr=1e-3, images_per_step=8, seed=0) -> Head:
+    torch.manual_seed(seed)
+    head = Head(feats[0].numel(), targets.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    values, counts = torch.unique_consecutive(image_of, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    train_images = torch.where(values < cut)[0]
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr)
+        pick = train_images[torch.randint(len(train_images), (images_per_step,), generator=gen)]
+        rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in pick])
+        loss = 0.5 * (head(feats[rows]) - targets[rows].float()).abs().sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return head
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--store", type=Path, help="region store (needed with --distill)")
+    p.add_argument("--upsample", type=float, nargs="+", default=[1, 2, 3, 4])
+    p.add_argument("--val-images", type=int, default=250)
+    p.add_argument("--distill", action="store_true", help="also train distilled heads on the pooled maps")
+    p.add_argument("--train-images", type=int, default=2000)
+    p.add_argument("--holdout", type=int, default=200)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    teacher = Teacher.load(str(args.teacher))
+    dense = DenseTeacher(teacher)
+    paths = world_paths(args.world)
+    vocab = dataset_vocabulary(paths["val"])
+    text = text_embeddings_for(teacher, vocab).float()
+    base = torch.tensor(vocab["base"])
+    ids = vocab["category_ids"]
+    val = DetectionDataset(paths["val_images"], paths["val"], category_ids=ids, with_masks=False)
+    result: dict = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+                    "loadavg_start": os.getloadavg(), "tower_map_size": dense.map_size,
+                    "tower_stride": dense.stride, "rows": {}}
+    val_items = [val[i] for i in range(min(args.val_images, len(val)))]
+    val_items = [(img, t) for img, t in val_items if len(t["boxes"])]
+    labels = torch.cat([t["labels"] for _, t in val_items])
+    sizes = torch.cat([(t["boxes"][:, 2:] - t["boxes"][:, :2]).amax(1) for _, t in val_items])
+    result["val_boxes"] = {"count": len(labels), "novel": int((~base[labels]).sum()),
+                           "median_longest_side_px": float(sizes.median())}
+    crops = torch.cat([teacher.encode_regions(img, t["boxes"]) for img, t in val_items])
+    result["rows"]["crops"] = top1("val_gt", crops, labels, text, base)
+    log(f"crops {result['rows']['crops']}")
+    by_scale = []
+    for k in args.upsample:
+        pooled = [dense.pooled(dense.feature_map(img, k), t["boxes"], k) for img, t in val_items]
+        emb = torch.cat([dense.zero_shot(x) for x in pooled])
+        by_scale.append(emb)
+        result["rows"][f"dense_x{k:g}"] = row = dense_row(emb, crops, labels, text, base)
+        log(f"dense x{k:g} {row}")
+        save_json(args.out, result)
+    # each box read from the map on which its longest side is nearest the tower's crop size
+    factors = torch.tensor(args.upsample, dtype=torch.float32)
+    best = nearest_scale(sizes, factors, teacher.image_size)
+    emb = torch.stack(by_scale)[best, torch.arange(len(best))]
+    result["rows"]["dense_per_box_scale"] = dense_row(emb, crops, labels, text, base)
+    log(f"dense per-box scale {result['rows']['dense_per_box_scale']}")
+    save_json(args.out, result)
+    if args.distill:
+        result["rows"]["distilled_per_box_scale"] = distilled_row(args, dense, val_items, labels, text, base)
+        log(f"distilled per-box scale {result['rows']['distilled_per_box_scale']}")
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    save_json(args.out, result)
+    return 0
+
+
+def dense_row(emb, crops, labels, text, base) -> dict:
+    return {**top1("val_gt", emb, labels, text, base),
+            "cosine_to_crops": round(float((emb * crops).sum(1).mean()), 4)}
+
+
+def per_box_pooled(dense, image, boxes, factors) -> torch.Tensor:
+    """[N, K*C*2*2]: each box pooled from the map on which it is nearest the crop size, 2x2 grid."""
+    best = nearest_scale((boxes[:, 2:] - boxes[:, :2]).amax(1), factors, dense.teacher.image_size)
+    out = None
+    for j in best.unique().tolist():
+        rows = torch.where(best == j)[0]
+        k = float(factors[j])
+        pooled = dense.pooled(dense.feature_map(image, k), boxes[rows], k)  # [K, n, C, S, S]
+        flat = F.adaptive_avg_pool2d(pooled.flatten(0, 1), 2).view(pooled.shape[0], len(rows), -1)
+        flat = flat.transpose(0, 1).flatten(1)
+        if out is None:
+            out = flat.new_zeros(len(boxes), flat.shape[1])
+        out[rows] = flat
+    return out
+
+
+def pool_train_proposals(dense, world, store_dir, factors, max_images) -> tuple:
+    """Pooled features, stored teacher embeddings and image index of the region store's proposals."""
+    t0 = time.perf_counter()
+    paths = world_paths(world)
+    store = RegionStore(store_dir)
+    train = DetectionDataset(paths["train_images"], paths["train_all"], with_masks=False)
+    feats, targets, image_of = [], [], []
+    for i in range(min(max_images, len(train))):
+        entry = store.get(train.image_ids[i])
+        if entry is None or not len(entry[0]):
+            continue
+        image, _ = train[i]
+        feats.append(per_box_pooled(dense, image, entry[0].float(), factors).half())
+        targets.append(entry[2])
+        image_of.append(torch.full((len(entry[0]),), i))
+        if i % 500 == 0:
+            log(f"pooled train image {i} ({time.perf_counter() - t0:.0f} s)")
+    return torch.cat(feats), torch.cat(targets), torch.cat(image_of)
+
+
+def distilled_row(args, dense, val_items, labels, text, base) -> dict:
+    if args.store is None:
+        raise SystemExit("--distill needs --store")
+    t0 = time.perf_counter()
+    factors = torch.tensor(args.upsample, dtype=torch.float32)
+    feats, targets, image_of = pool_train_proposals(dense, args.world, args.store, factors, args.train_images)
+    cut = int(image_of.max()) + 1 - args.holdout
+    head = train_distilled(feats, targets, image_of, cut, steps=args.steps)
+    with torch.no_grad():
+        held = image_of >= cut
+        cos = float((head(feats[held]) * targets[held].float()).sum(1).mean())
+        emb = head(torch.cat([per_box_pooled(dense, img, t["boxes"], factors) for img, t in val_items]))
+    return {**top1("val_gt", emb, labels, text, base), "heldout_proposal_cosine": round(cos, 4),
+            "train_proposals": int((~held).sum()), "steps": args.steps,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
