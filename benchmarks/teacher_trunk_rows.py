@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/teacher_trunk_rows.py --world benchmarks/work/world-s13 \
         --teacher benchmarks/work/teacher-s13 --store benchmarks/work/sw-s13/regions \
-        --text-model benchmarks/work/sw-s13/seed0/text --out benchmarks/results/world_s13/teacher_trunk_rows_seed0.json
+        --text-model benchmarks/work/sw-s13/seed0/text \
+        --out benchmarks/results/teacher_trunk/rows_s13_seed0.json
 
 `benchmarks/teacher_trunk_probe.py` measures top-1 on ground-truth boxes; this script measures
 what the table measures. Every row scores the same regions, boxes and masks: those of a trained
@@ -15,7 +16,8 @@ ViLD-text row (`--text-model`, its top `--crop-regions` proposals), exactly as t
     and projection (no training);
   * `dense teacher, distilled head`: a head trained with ViLD-image's L1 loss towards the
     region store's teacher embeddings on those pooled features (the teacher's tower frozen);
-  * `ViLD-text` and `ViLD-text + dense distilled head` (the ensemble's geometric weighting).
+  * `ViLD-text`, `ViLD-text + dense distilled head` and, for reference, `ViLD-text + CLIP on
+    crops` (the ensemble's geometric weighting, lambda 2/3 on base categories).
 Scores are the teacher's softmax at its logit scale, as for CLIP on crops. The dense head
 stands in for a ViLD-image head whose trunk is the teacher's tower; nothing here is in the
 library yet.
@@ -41,7 +43,7 @@ from benchmarks.shapeworld import row_metrics  # noqa: E402
 from benchmarks.teacher_trunk_probe import (  # noqa: E402
     DenseTeacher, Head, nearest_scale, per_box_pooled, pool_train_proposals, train_distilled)
 from vild.evaluation.run import evaluate_detector  # noqa: E402
-from vild.io import save_json  # noqa: E402
+from vild.io import load_json, save_json  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
@@ -86,7 +88,7 @@ def main() -> int:
     p.add_argument("--head", type=Path, help="keep the trained head here (safetensors); reused if present")
     p.add_argument("--val-images", type=int, default=250)
     p.add_argument("--crop-regions", type=int, default=300)
-    p.add_argument("--rows", nargs="+", default=["clip", "zero_shot", "distilled", "text", "text+distilled"])
+    p.add_argument("--rows", nargs="+", default=["clip", "zero_shot", "distilled", "text", "text+distilled", "text+clip"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -101,9 +103,11 @@ def main() -> int:
     base_mask = torch.tensor(vocab["base"])
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     model = load_model(args.text_model).eval()
-    result: dict = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                    "loadavg_start": os.getloadavg(), "teacher_logit_scale": teacher.logit_scale,
-                    "rows": {}}
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    # rows of an earlier run into the same file are kept (a row run again replaces its own)
+    result: dict = load_json(args.out) if args.out.is_file() else {"commands": [], "rows": {}}
+    result["commands"].append({"command": command, "loadavg_start": os.getloadavg()})
+    result["teacher_logit_scale"] = teacher.logit_scale
     head = None
     if any("distilled" in r for r in args.rows):
         head = trained_head(args, dense, factors, result)
@@ -113,7 +117,8 @@ def main() -> int:
             "zero_shot": ("dense teacher, zero-shot", "clip", encoders["zero_shot"]),
             "distilled": ("dense teacher, distilled head", "clip", encoders["distilled"]),
             "text": ("ViLD-text", "vild-text", None),
-            "text+distilled": ("ViLD-text + dense distilled head", "vild-text+clip", encoders["distilled"])}
+            "text+distilled": ("ViLD-text + dense distilled head", "vild-text+clip", encoders["distilled"]),
+            "text+clip": ("ViLD-text + CLIP on crops", "vild-text+clip", teacher)}
     for key in args.rows:
         label, method, encoder = plan[key]
         t = time.perf_counter()
@@ -136,7 +141,7 @@ def trained_head(args, dense, factors, result) -> Head:
     head = Head(in_dim, dense.teacher.embed_dim)
     if args.head is not None and args.head.is_file():
         head.load_state_dict(load_file(str(args.head)))
-        result["head"] = {"loaded": str(args.head)}
+        result.setdefault("head", {"loaded": str(args.head)})
         return head.eval()
     t = time.perf_counter()
     feats, targets, image_of = pool_train_proposals(dense, args.world, args.store, factors, args.train_images)
