@@ -50,6 +50,16 @@ from vild.teacher.crops import region_boxes  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
+def load_teacher_and_world(args) -> tuple:
+    """(teacher, its DenseTeacher, the world's paths, val vocabulary, text embeddings, base mask)."""
+    torch.set_num_threads(args.threads)
+    teacher = Teacher.load(str(args.teacher))
+    paths = world_paths(args.world)
+    vocab = dataset_vocabulary(paths["val"])
+    text = text_embeddings_for(teacher, vocab).float()
+    return teacher, DenseTeacher(teacher), paths, vocab, text, torch.tensor(vocab["base"])
+
+
 class DenseTeacher:
     """The teacher's image tower as a dense feature extractor with RoI pooling."""
 
@@ -137,14 +147,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    teacher = Teacher.load(str(args.teacher))
-    dense = DenseTeacher(teacher)
-    paths = world_paths(args.world)
-    vocab = dataset_vocabulary(paths["val"])
-    text = text_embeddings_for(teacher, vocab).float()
-    base = torch.tensor(vocab["base"])
+    teacher, dense, paths, vocab, text, base = load_teacher_and_world(args)
     ids = vocab["category_ids"]
     val = DetectionDataset(paths["val_images"], paths["val"], category_ids=ids, with_masks=False)
     result: dict = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),

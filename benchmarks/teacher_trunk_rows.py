@@ -41,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.distill_probe import log  # noqa: E402
 from benchmarks.shapeworld import row_metrics  # noqa: E402
 from benchmarks.teacher_trunk_probe import (  # noqa: E402
-    DenseTeacher, Head, nearest_scale, per_box_pooled, pool_train_proposals, train_distilled)
+    DenseTeacher, Head, load_teacher_and_world, nearest_scale, per_box_pooled, pool_train_proposals,
+    train_distilled)
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import load_json, save_json  # noqa: E402
-from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
-from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
 class DenseRegionEncoder:
@@ -92,15 +91,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    teacher = Teacher.load(str(args.teacher))
-    dense = DenseTeacher(teacher)
+    teacher, dense, paths, vocab, text, base_mask = load_teacher_and_world(args)
     factors = torch.tensor(args.upsample, dtype=torch.float32)
-    paths = world_paths(args.world)
-    vocab = dataset_vocabulary(paths["val"])
-    text = text_embeddings_for(teacher, vocab).float()
-    base_mask = torch.tensor(vocab["base"])
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     model = load_model(args.text_model).eval()
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
