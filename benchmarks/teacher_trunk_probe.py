@@ -16,7 +16,7 @@ embeddings):
     RoI-aligned over each 1x and 1.5x box to the map size the tower sees on a crop, then the
     tower's own pooling and projection (no training at all; what F-VLM does with CLIP);
   * `dense_per_box_scale`: the same, each box read from the map on which its longest side is
-    nearest the tower's crop size (`nearest_scale`, as FPN assigns boxes to levels);
+    nearest the tower's crop size (`vild.model.tower_regions`, as FPN assigns boxes to levels);
   * `distilled_per_box_scale`, optional (`--distill`): a head (FC 1024, projection, L2 norm)
     trained, as ViLD-image's head is, with L1 towards the region store's teacher embeddings of
     proposals, on those per-box-scale features (1x and 1.5x boxes, 2x2 grid; train images, the
@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -46,7 +45,7 @@ from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.regions.store import RegionStore  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
-from vild.teacher.crops import region_boxes  # noqa: E402
+from vild.model.tower_regions import TowerRegionFeatures  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
@@ -61,7 +60,8 @@ def load_teacher_and_world(args) -> tuple:
 
 
 class DenseTeacher:
-    """The teacher's image tower as a dense feature extractor with RoI pooling."""
+    """The teacher's image tower read as a dense trunk (`vild.model.tower_regions`), and its own
+    pooling and projection for the zero-shot reading."""
 
     def __init__(self, teacher: Teacher) -> None:
         visual = teacher.model.visual
@@ -69,38 +69,24 @@ class DenseTeacher:
             raise SystemExit("this probe needs a timm-towered teacher (the ShapeWorld CNN)")
         self.teacher = teacher
         self.trunk, self.projection = visual.trunk.eval(), visual.head.eval()
-        with torch.no_grad():
-            probe = self.trunk.forward_features(torch.zeros(1, 3, teacher.image_size, teacher.image_size))
-        self.map_size = probe.shape[-1]  # the map the tower pools on a crop
-        self.stride = teacher.image_size / self.map_size
+        probe = self.reader([1.0], grid=1)
+        self.map_size, self.stride = probe.map_size, probe.stride  # the map the tower pools on a crop
+
+    def reader(self, factors, grid: int | None = None) -> TowerRegionFeatures:
+        """Per-box-scale RoI features over `factors`, averaged to grid x grid (None: the full map)."""
+        t = self.teacher
+        return TowerRegionFeatures(self.trunk, crop_size=t.image_size, mean=t.mean.flatten().tolist(),
+                                   std=t.std.flatten().tolist(), factors=[float(f) for f in factors],
+                                   grid=self.map_size if grid is None else grid)
 
     @torch.no_grad()
-    def feature_map(self, image: torch.Tensor, upsample: float) -> torch.Tensor:
-        x = self.teacher.normalize(image).reshape(1, *image.shape[-3:])
-        if upsample != 1:
-            x = F.interpolate(x, scale_factor=upsample, mode="bilinear", align_corners=False)
-        return self.trunk.forward_features(x)
-
-    @torch.no_grad()
-    def pooled(self, fmap: torch.Tensor, boxes: torch.Tensor, upsample: float) -> torch.Tensor:
-        """[K scales, N, C, S, S] RoI features of the 1x and 1.5x boxes (original px)."""
-        crop_boxes = region_boxes(boxes)  # [K, N, 4]
-        k, n = crop_boxes.shape[:2]
-        feats = roi_align(fmap, [crop_boxes.reshape(-1, 4)], output_size=self.map_size,
-                          spatial_scale=upsample / self.stride, sampling_ratio=2, aligned=True)
-        return feats.view(k, n, *feats.shape[1:])
-
-    @torch.no_grad()
-    def zero_shot(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The tower's own pooling and projection per scale, summed as the teacher does."""
-        emb = F.normalize(self.projection(self.trunk.forward_head(pooled.flatten(0, 1).float())), dim=-1)
-        return F.normalize(emb.view(*pooled.shape[:2], -1).sum(0), dim=-1)
-
-
-def nearest_scale(sizes: torch.Tensor, factors: torch.Tensor, crop_size: int) -> torch.Tensor:
-    """Index into `factors` per box: the upsampling that brings its longest side (px, [N])
-    nearest the tower's crop size, in log scale (as FPN assigns boxes to levels)."""
-    return (torch.log(factors[None] * sizes.clamp(min=1)[:, None] / crop_size)).abs().argmin(1)
+    def zero_shot(self, features: torch.Tensor) -> torch.Tensor:
+        """Full-map features [N, K*C*S*S] -> the tower's own pooling and projection per box
+        scale, summed and normalised as the teacher sums its 1x and 1.5x crops."""
+        n, s = len(features), self.map_size
+        maps = features.view(n, -1, self.trunk.num_features, s, s)
+        emb = F.normalize(self.projection(self.trunk.forward_head(maps.flatten(0, 1).float())), dim=-1)
+        return F.normalize(emb.view(n, maps.shape[1], -1).sum(1), dim=-1)
 
 
 class Head(nn.Module):
@@ -163,18 +149,14 @@ def main() -> int:
     crops = torch.cat([teacher.encode_regions(img, t["boxes"]) for img, t in val_items])
     result["rows"]["crops"] = top1("val_gt", crops, labels, text, base)
     log(f"crops {result['rows']['crops']}")
-    by_scale = []
     for k in args.upsample:
-        pooled = [dense.pooled(dense.feature_map(img, k), t["boxes"], k) for img, t in val_items]
-        emb = torch.cat([dense.zero_shot(x) for x in pooled])
-        by_scale.append(emb)
+        reader = dense.reader([k])
+        emb = torch.cat([dense.zero_shot(reader(img[None], [t["boxes"]])) for img, t in val_items])
         result["rows"][f"dense_x{k:g}"] = row = dense_row(emb, crops, labels, text, base)
         log(f"dense x{k:g} {row}")
         save_json(args.out, result)
-    # each box read from the map on which its longest side is nearest the tower's crop size
-    factors = torch.tensor(args.upsample, dtype=torch.float32)
-    best = nearest_scale(sizes, factors, teacher.image_size)
-    emb = torch.stack(by_scale)[best, torch.arange(len(best))]
+    reader = dense.reader(args.upsample)  # each box at the upsampling nearest the crop size
+    emb = torch.cat([dense.zero_shot(reader(img[None], [t["boxes"]])) for img, t in val_items])
     result["rows"]["dense_per_box_scale"] = dense_row(emb, crops, labels, text, base)
     log(f"dense per-box scale {result['rows']['dense_per_box_scale']}")
     save_json(args.out, result)
@@ -191,25 +173,10 @@ def dense_row(emb, crops, labels, text, base) -> dict:
             "cosine_to_crops": round(float((emb * crops).sum(1).mean()), 4)}
 
 
-def per_box_pooled(dense, image, boxes, factors) -> torch.Tensor:
-    """[N, K*C*2*2]: each box pooled from the map on which it is nearest the crop size, 2x2 grid."""
-    best = nearest_scale((boxes[:, 2:] - boxes[:, :2]).amax(1), factors, dense.teacher.image_size)
-    out = None
-    for j in best.unique().tolist():
-        rows = torch.where(best == j)[0]
-        k = float(factors[j])
-        pooled = dense.pooled(dense.feature_map(image, k), boxes[rows], k)  # [K, n, C, S, S]
-        flat = F.adaptive_avg_pool2d(pooled.flatten(0, 1), 2).view(pooled.shape[0], len(rows), -1)
-        flat = flat.transpose(0, 1).flatten(1)
-        if out is None:
-            out = flat.new_zeros(len(boxes), flat.shape[1])
-        out[rows] = flat
-    return out
-
-
 def pool_train_proposals(dense, world, store_dir, factors, max_images) -> tuple:
     """Pooled features, stored teacher embeddings and image index of the region store's proposals."""
     t0 = time.perf_counter()
+    reader = dense.reader(factors, grid=2)
     paths = world_paths(world)
     store = RegionStore(store_dir)
     train = DetectionDataset(paths["train_images"], paths["train_all"], with_masks=False)
@@ -219,7 +186,7 @@ def pool_train_proposals(dense, world, store_dir, factors, max_images) -> tuple:
         if entry is None or not len(entry[0]):
             continue
         image, _ = train[i]
-        feats.append(per_box_pooled(dense, image, entry[0].float(), factors).half())
+        feats.append(reader(image[None], [entry[0].float()]).half())
         targets.append(entry[2])
         image_of.append(torch.full((len(entry[0]),), i))
         if i % 500 == 0:
@@ -231,14 +198,14 @@ def distilled_row(args, dense, val_items, labels, text, base) -> dict:
     if args.store is None:
         raise SystemExit("--distill needs --store")
     t0 = time.perf_counter()
-    factors = torch.tensor(args.upsample, dtype=torch.float32)
-    feats, targets, image_of = pool_train_proposals(dense, args.world, args.store, factors, args.train_images)
+    feats, targets, image_of = pool_train_proposals(dense, args.world, args.store, args.upsample, args.train_images)
     cut = int(image_of.max()) + 1 - args.holdout
     head = train_distilled(feats, targets, image_of, cut, steps=args.steps)
     with torch.no_grad():
         held = image_of >= cut
         cos = float((head(feats[held]) * targets[held].float()).sum(1).mean())
-        emb = head(torch.cat([per_box_pooled(dense, img, t["boxes"], factors) for img, t in val_items]))
+        reader = dense.reader(args.upsample, grid=2)
+        emb = head(torch.cat([reader(img[None], [t["boxes"]]) for img, t in val_items]))
     return {**top1("val_gt", emb, labels, text, base), "heldout_proposal_cosine": round(cos, 4),
             "train_proposals": int((~held).sum()), "steps": args.steps,
             "seconds": round(time.perf_counter() - t0, 1)}

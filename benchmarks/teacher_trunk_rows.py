@@ -41,37 +41,26 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.distill_probe import log  # noqa: E402
 from benchmarks.shapeworld import row_metrics  # noqa: E402
 from benchmarks.teacher_trunk_probe import (  # noqa: E402
-    DenseTeacher, Head, load_teacher_and_world, nearest_scale, per_box_pooled, pool_train_proposals,
-    train_distilled)
+    DenseTeacher, Head, load_teacher_and_world, pool_train_proposals, train_distilled)
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import load_json, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 
 
 class DenseRegionEncoder:
-    """Stands in for the teacher where prediction asks for crop embeddings (`encode_regions`)."""
+    """Stands in for the teacher where prediction asks for crop embeddings (`encode_regions`):
+    the distilled head on the tower's per-box-scale features, or (head None) the tower's own
+    pooling and projection on its full-map features."""
 
-    def __init__(self, dense: DenseTeacher, factors: torch.Tensor, head: Head | None) -> None:
-        self.dense, self.factors, self.head = dense, factors, head
+    def __init__(self, dense: DenseTeacher, factors, head: Head | None) -> None:
+        self.dense, self.head = dense, head
+        self.reader = dense.reader(factors, grid=2 if head is not None else None)
         self.logit_scale = dense.teacher.logit_scale
 
     @torch.no_grad()
     def encode_regions(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        boxes = torch.as_tensor(boxes, dtype=torch.float32).cpu()
-        image = image.cpu()
-        if self.head is not None:
-            return self.head(per_box_pooled(self.dense, image, boxes, self.factors))
-        return per_box_zero_shot(self.dense, image, boxes, self.factors)
-
-
-def per_box_zero_shot(dense, image, boxes, factors) -> torch.Tensor:
-    best = nearest_scale((boxes[:, 2:] - boxes[:, :2]).amax(1), factors, dense.teacher.image_size)
-    out = torch.zeros(len(boxes), dense.teacher.embed_dim)
-    for j in best.unique().tolist():
-        rows = torch.where(best == j)[0]
-        k = float(factors[j])
-        out[rows] = dense.zero_shot(dense.pooled(dense.feature_map(image, k), boxes[rows], k))
-    return out
+        features = self.reader(image.cpu()[None], [torch.as_tensor(boxes, dtype=torch.float32).cpu()])
+        return self.head(features) if self.head is not None else self.dense.zero_shot(features)
 
 
 def main() -> int:
@@ -93,7 +82,7 @@ def main() -> int:
     args = p.parse_args()
     started = time.perf_counter()
     teacher, dense, paths, vocab, text, base_mask = load_teacher_and_world(args)
-    factors = torch.tensor(args.upsample, dtype=torch.float32)
+    factors = args.upsample
     novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     model = load_model(args.text_model).eval()
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
@@ -130,8 +119,7 @@ def main() -> int:
 def trained_head(args, dense, factors, result) -> Head:
     from safetensors.torch import load_file, save_file
 
-    in_dim = 2 * dense.trunk.num_features * 4  # 1x and 1.5x boxes, 2x2 grid (per_box_pooled)
-    head = Head(in_dim, dense.teacher.embed_dim)
+    head = Head(dense.reader(factors, grid=2).out_dim, dense.teacher.embed_dim)
     if args.head is not None and args.head.is_file():
         head.load_state_dict(load_file(str(args.head)))
         result.setdefault("head", {"loaded": str(args.head)})

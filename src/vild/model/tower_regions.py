@@ -1,0 +1,102 @@
+"""Region features read from a frozen image tower's own feature map (the teacher's, typically).
+
+Why: on ShapeWorld-OV a head distilled on the detector's base-trained RoI features names about
+half the novel objects the teacher names, while the same head distilled on the teacher tower's
+map names nearly all of them (docs/distillation.md section 17). The tower was trained on
+crops of one size, so each box is read from the map of the image upsampled by the factor that
+brings the box nearest that size (as FPN assigns boxes to levels), and, like the teacher's
+region crops, from its 1x and 1.5x boxes.
+
+Not wired into the detector yet: `benchmarks/teacher_trunk_rows.py` uses it with a head
+trained offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from vild.teacher.crops import region_boxes
+
+DEFAULT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def nearest_scale(sizes: torch.Tensor, factors: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """Index into `factors` per box: the upsampling that brings its longest side (px, [N])
+    nearest `crop_size` in log scale. Sizes below 1 px count as 1 px."""
+    ratio = factors.to(sizes.dtype)[None] * sizes.clamp(min=1)[:, None] / crop_size
+    return torch.log(ratio).abs().argmin(1)
+
+
+class TowerRegionFeatures(nn.Module):
+    """Images + boxes -> [N, len(box_scales) * C * grid * grid] features from a frozen tower.
+
+    trunk: a module with `forward_features(x) -> [B, C, h, w]` (timm's protocol; the
+    teacher's `model.visual.trunk`), trained on `crop_size` px inputs normalised with
+    `mean`/`std`. Its weights stay frozen and its normalisation layers in eval mode.
+    """
+
+    def __init__(self, trunk: nn.Module, *, crop_size: int, mean: Sequence[float], std: Sequence[float],
+                 factors: Sequence[float] = DEFAULT_FACTORS, box_scales: Sequence[float] = (1.0, 1.5),
+                 grid: int = 2) -> None:
+        super().__init__()
+        if not hasattr(trunk, "forward_features"):
+            raise TypeError("the tower must have forward_features (timm's model protocol)")
+        if not factors or min(factors) <= 0:
+            raise ValueError(f"upsampling factors must be positive, got {tuple(factors)}")
+        self.trunk = trunk.eval().requires_grad_(False)
+        self.crop_size = int(crop_size)
+        self.box_scales = tuple(float(s) for s in box_scales)
+        self.grid = int(grid)
+        self.register_buffer("factors", torch.tensor([float(f) for f in factors]), persistent=False)
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            probe = self.trunk.forward_features(torch.zeros(1, 3, self.crop_size, self.crop_size))
+        self.channels, self.map_size = int(probe.shape[1]), int(probe.shape[-1])
+        self.stride = self.crop_size / self.map_size
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.box_scales) * self.channels * self.grid * self.grid
+
+    def train(self, mode: bool = True) -> "TowerRegionFeatures":
+        super().train(mode)
+        self.trunk.eval()  # frozen: its BatchNorm statistics are the tower's own
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """images [B, 3, H, W] in 0..1; boxes: B tensors [N_i, 4] xyxy px of those images.
+        Returns [sum N_i, out_dim], rows in the order of the boxes."""
+        if images.ndim != 4 or images.shape[0] != len(boxes):
+            raise ValueError(f"need [B, 3, H, W] images and B box tensors, got {tuple(images.shape)} "
+                             f"and {len(boxes)}")
+        x = (images.float() - self.mean) / self.std
+        all_boxes = torch.cat([b.to(x.device, torch.float32).reshape(-1, 4) for b in boxes])
+        owner = torch.cat([torch.full((len(b),), i, device=x.device) for i, b in enumerate(boxes)])
+        out = x.new_zeros(len(all_boxes), self.out_dim)
+        if not len(all_boxes):
+            return out
+        sizes = (all_boxes[:, 2:] - all_boxes[:, :2]).amax(1)
+        level = nearest_scale(sizes, self.factors, self.crop_size)
+        for j in level.unique().tolist():
+            rows = torch.where(level == j)[0]
+            factor = float(self.factors[j])
+            scaled = x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bilinear",
+                                                         align_corners=False)
+            fmap = self.trunk.forward_features(scaled)
+            crop_boxes = region_boxes(all_boxes[rows].cpu(), self.box_scales).to(x.device)  # [K, n, 4]
+            k, n = crop_boxes.shape[:2]
+            index = owner[rows].to(x.dtype).repeat(k)[:, None]
+            pooled = roi_align(fmap, torch.cat([index, crop_boxes.reshape(-1, 4)], 1),
+                               output_size=self.map_size, spatial_scale=factor / self.stride,
+                               sampling_ratio=2, aligned=True)
+            if self.grid != self.map_size:
+                pooled = F.adaptive_avg_pool2d(pooled, self.grid)
+            out[rows] = pooled.view(k, n, -1).transpose(0, 1).reshape(n, -1)
+        return out
