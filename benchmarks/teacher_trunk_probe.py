@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.distill_probe import log, lr_at, top1  # noqa: E402
+from benchmarks.distill_probe import Head, log, lr_at, top1  # noqa: E402
 from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.regions.store import RegionStore  # noqa: E402
@@ -89,19 +88,14 @@ class DenseTeacher:
         return F.normalize(emb.view(n, maps.shape[1], -1).sum(1), dim=-1)
 
 
-class Head(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, width: int = 1024) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_dim, width), nn.ReLU(inplace=True))
-        self.projection = nn.Linear(width, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.body(x.flatten(1).float())), dim=-1)
+def new_head(in_dim: int, out_dim: int) -> Head:
+    """The distilled head: FC 1024, projection, L2 norm (distill_probe's head, one hidden layer)."""
+    return Head(in_dim, (1024,), out_dim)
 
 
 def train_distilled(feats, targets, image_of, cut, *, steps, lr=1e-3, images_per_step=8, seed=0) -> Head:
     torch.manual_seed(seed)
-    head = Head(feats[0].numel(), targets.shape[1])
+    head = new_head(feats[0].numel(), targets.shape[1])
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     values, counts = torch.unique_consecutive(image_of, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.distill_probe import log  # noqa: E402
 from benchmarks.shapeworld import row_metrics  # noqa: E402
 from benchmarks.teacher_trunk_probe import (  # noqa: E402
-    DenseTeacher, Head, load_teacher_and_world, pool_train_proposals, train_distilled)
+    DenseTeacher, Head, load_teacher_and_world, new_head, pool_train_proposals, train_distilled)
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import load_json, save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> int:
 def trained_head(args, dense, factors, result) -> Head:
     from safetensors.torch import load_file, save_file
 
-    head = Head(dense.reader(factors, grid=2).out_dim, dense.teacher.embed_dim)
+    head = new_head(dense.reader(factors, grid=2).out_dim, dense.teacher.embed_dim)
     if args.head is not None and args.head.is_file():
         head.load_state_dict(load_file(str(args.head)))
         result.setdefault("head", {"loaded": str(args.head)})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.teacher_trunk_probe import DenseTeacher, Head, train_distilled  # noqa: E402
+from benchmarks.teacher_trunk_probe import DenseTeacher, new_head, train_distilled  # noqa: E402
 from benchmarks.teacher_trunk_rows import DenseRegionEncoder  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def test_dense_embeddings_are_unit_vectors_for_boxes_inside_and_across_the_borde
     boxes = torch.tensor([[10.0, 10.0, 30.0, 40.0], [100.0, 70.0, 140.0, 110.0], [5.0, 5.0, 5.0, 5.0]])
     factors = [1.0, 2.0, 4.0]
     torch.manual_seed(1)
-    head = Head(dense.reader(factors, grid=2).out_dim, dense.teacher.embed_dim).eval()
+    head = new_head(dense.reader(factors, grid=2).out_dim, dense.teacher.embed_dim).eval()
     for h in (None, head):
         emb = DenseRegionEncoder(dense, factors, h).encode_regions(image, boxes)
         assert emb.shape == (3, dense.teacher.embed_dim)

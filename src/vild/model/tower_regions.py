@@ -90,7 +90,7 @@ class TowerRegionFeatures(nn.Module):
             scaled = x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="bilinear",
                                                          align_corners=False)
             fmap = self.trunk.forward_features(scaled)
-            crop_boxes = region_boxes(all_boxes[rows].cpu(), self.box_scales).to(x.device)  # [K, n, 4]
+            crop_boxes = region_boxes(all_boxes[rows], self.box_scales)  # [K, n, 4], on the images' device
             k, n = crop_boxes.shape[:2]
             index = owner[rows].to(x.dtype).repeat(k)[:, None]
             pooled = roi_align(fmap, torch.cat([index, crop_boxes.reshape(-1, 4)], 1),
