@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("text", "image", "vild", "ensemble")
+IMAGE_HEAD_INPUTS = ("roi", "tower")
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NORMS = ("bn", "frozen_bn", "gn")
 
@@ -60,6 +61,21 @@ class ViLDConfig:
     distill_loss: str = "l1"
     # ensemble (geometric mean weights); lambda applies to ViLD-text on base categories
     ensemble_lambda: float = 2.0 / 3.0
+    # What the distillation head reads: "roi" (the detector's RoI features, the paper) or
+    # "tower" (a frozen copy of the teacher's image tower, each box read from the image
+    # upsampled to bring it nearest the tower's crop size: `vild.model.tower_regions`; modes
+    # "image" and "ensemble"; docs/distillation.md sections 17-18). The tower is the timm model
+    # `tower_model` built with num_classes=0, its weights saved with the detector's.
+    image_head_input: str = "roi"
+    tower_model: str = ""
+    tower_image_size: int = 224  # the teacher's crop size
+    tower_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    tower_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    tower_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    tower_box_scales: tuple[float, ...] = (1.0, 1.5)
+    tower_grid: int = 2
+    tower_fc_dims: tuple[int, ...] = (1024,)
+    tower_reads: str = "refined"  # which boxes the tower head reads at detection: "refined" or "proposals"
     # masks (class-agnostic)
     with_masks: bool = True
     mask_output_size: int = 14
@@ -83,6 +99,18 @@ class ViLDConfig:
             raise ValueError("ensemble_lambda must be in [0, 1]")
         if self.embed_dim <= 0:
             raise ValueError("embed_dim must be positive")
+        if self.image_head_input not in IMAGE_HEAD_INPUTS:
+            raise ValueError(f"image_head_input must be one of {IMAGE_HEAD_INPUTS}, got {self.image_head_input!r}")
+        if self.image_head_input == "tower":
+            if self.mode not in ("image", "ensemble"):
+                raise ValueError("a tower-fed distillation head needs mode 'image' or 'ensemble' (in mode "
+                                 f"{self.mode!r} one head also takes the text loss on RoI features)")
+            if not self.tower_model:
+                raise ValueError("image_head_input 'tower' needs tower_model (the teacher tower's timm name)")
+            if self.tower_reads not in ("refined", "proposals"):
+                raise ValueError(f"tower_reads must be 'refined' or 'proposals', got {self.tower_reads!r}")
+            if not self.tower_factors or min(self.tower_factors) <= 0 or self.tower_grid <= 0:
+                raise ValueError("tower_factors must be positive and tower_grid at least 1")
 
     @property
     def uses_text_loss(self) -> bool:
@@ -91,3 +119,9 @@ class ViLDConfig:
     @property
     def uses_distillation(self) -> bool:
         return self.mode in ("image", "vild", "ensemble")
+
+    @property
+    def separate_image_head(self) -> bool:
+        """The distillation loss has a head of its own (its embeddings are the regions'
+        `image_embeddings`): ViLD-ensemble's second head, or any tower-fed head."""
+        return self.mode == "ensemble" or self.image_head_input == "tower"

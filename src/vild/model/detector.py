@@ -20,6 +20,7 @@ from vild.model.outputs import DetectorOutput, Detections
 from vild.model.postprocess import finish_detections, mask_limit, select_detections_batch, with_limits
 from vild.model.predict import precision_context
 from vild.model.roi_heads import ViLDRoIHeads
+from vild.model.tower_regions import TowerRegionFeatures, build_tower
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class ViLDDetector(nn.Module):
     Training targets per image: `boxes` [N, 4] xyxy px, `labels` [N] (index into the text
     embeddings), `masks` [N, H, W] uint8, and for distillation `distill_boxes` [P, 4] xyxy px
     with `distill_embeddings` [P, D] (teacher embeddings of those proposals).
+    With config.image_head_input == "tower" the detector also holds `tower`, a frozen copy of
+    the teacher's image tower, and its distillation head reads the tower's region features.
     """
 
     def __init__(self, config: ViLDConfig) -> None:
@@ -86,7 +89,9 @@ class ViLDDetector(nn.Module):
             post_nms_top_n=dict(training=config.rpn_post_nms_top_n_train, testing=config.rpn_post_nms_top_n_test),
             nms_thresh=config.rpn_nms_thresh,
         )
-        self.roi_heads = ViLDRoIHeads(config, self.backbone.out_channels)
+        self.tower: TowerRegionFeatures | None = build_tower(config) if config.image_head_input == "tower" else None
+        self.roi_heads = ViLDRoIHeads(config, self.backbone.out_channels,
+                                      tower_dim=self.tower.out_dim if self.tower is not None else None)
 
     # ------------------------------------------------------------------ stages
     def _preprocess(self, images, targets):
@@ -125,6 +130,28 @@ class ViLDDetector(nn.Module):
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_reg}
         return boxes, scores, losses
 
+    def _tower_features(self, image_list, boxes: list[torch.Tensor]) -> torch.Tensor | None:
+        """The tower's features of each image's boxes (resized-input coordinates), or None
+        without a tower. The tower reads the resized images, normalised its own way."""
+        if self.tower is None:
+            return None
+        t = self.transform
+        mean = torch.as_tensor(t.image_mean, dtype=image_list.tensors.dtype, device=image_list.tensors.device)
+        std = torch.as_tensor(t.image_std, dtype=image_list.tensors.dtype, device=image_list.tensors.device)
+        images = image_list.tensors * std[:, None, None] + mean[:, None, None]
+        return self.tower(images, boxes)
+
+    @torch.no_grad()
+    def tower_region_features(self, images: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+        """The tower's features [sum N_i, F] of boxes [N_i, 4] (xyxy, original pixels) of
+        each image, read as detection reads them (`vild.training.tower_head` caches these)."""
+        if self.tower is None:
+            raise ValueError("this detector has no tower (config.image_head_input is 'roi')")
+        image_list, _, original_sizes = self._preprocess(images, None)
+        boxes = [resize_boxes(b.to(image_list.tensors.device, torch.float32), list(o), list(s))
+                 for b, o, s in zip(boxes, original_sizes, image_list.image_sizes)]
+        return self._tower_features(image_list, boxes)
+
     def check_text_embeddings(self, text_embeddings):
         """[C, D] text embeddings checked against the model and moved to its device/dtype."""
         if text_embeddings is None:
@@ -158,31 +185,38 @@ class ViLDDetector(nn.Module):
         proposals, proposal_scores, losses = self._propose(image_list, features, targets_t)
         sizes = image_list.image_sizes
         if targets_t is not None:
-            losses.update(self.roi_heads.losses(features, proposals, sizes, targets_t, text_embeddings))
+            tower_distill = None
+            if self.tower is not None and self.config.uses_distillation:
+                tower_distill = self._tower_features(
+                    image_list, [t.get("distill_boxes", p.new_zeros(0, 4)) for t, p in zip(targets_t, proposals)])
+            losses.update(self.roi_heads.losses(features, proposals, sizes, targets_t, text_embeddings,
+                                                tower_distill))
         detections = []
         if not self.training:
             if text_embeddings is None:
                 raise ValueError("detection needs text_embeddings [C, D] for the vocabulary")
-            detections = self._detect(
-                features, proposals, proposal_scores, sizes, original_sizes, text_embeddings, base_mask
-            )
+            batch = self._region_batch(image_list, features, proposals, proposal_scores, original_sizes)
+            probs = [
+                self.roi_heads.class_probabilities(r.embeddings, r.image_embeddings, text_embeddings, base_mask)
+                for r in batch.regions
+            ]
+            detections = self.detect_from_probabilities(batch, probs)
         proposals = [resize_boxes(p, list(s), list(o)) for p, s, o in zip(proposals, sizes, original_sizes)]
         return DetectorOutput(
             detections=detections, losses=losses, proposals=proposals, proposal_scores=proposal_scores
         )
 
-    def _detect(self, features, proposals, proposal_scores, sizes, original_sizes, text_embeddings, base_mask):
-        batch = self._region_batch(features, proposals, proposal_scores, sizes, original_sizes)
-        probs = [
-            self.roi_heads.class_probabilities(r.embeddings, r.image_embeddings, text_embeddings, base_mask)
-            for r in batch.regions
-        ]
-        return self.detect_from_probabilities(batch, probs)
-
-    def _region_batch(self, features, proposals, proposal_scores, sizes, original_sizes) -> "RegionBatch":
+    def _region_batch(self, image_list, features, proposals, proposal_scores, original_sizes) -> "RegionBatch":
+        sizes = image_list.image_sizes
+        outputs = self.roi_heads.region_outputs(features, proposals, sizes)
+        if self.tower is not None:
+            # the teacher embeds the refined boxes in CLIP on crops; the tower head reads them too
+            read = [b for b, _, _ in outputs] if self.config.tower_reads == "refined" else proposals
+            tower = self.roi_heads.tower_embeddings(self._tower_features(image_list, read))
+            outputs = [(b, e, t) for (b, e, _), t in zip(outputs, tower.split([len(r) for r in read]))]
         regions = [
             Regions(boxes=b, objectness=o, embeddings=e, image_embeddings=ie)
-            for (b, e, ie), o in zip(self.roi_heads.region_outputs(features, proposals, sizes), proposal_scores)
+            for (b, e, ie), o in zip(outputs, proposal_scores)
         ]
         return RegionBatch(features, list(sizes), list(original_sizes), regions)
 
@@ -198,7 +232,7 @@ class ViLDDetector(nn.Module):
             image_list, _, original_sizes = self._preprocess(images, None)
             features = self.backbone(image_list.tensors)
             proposals, scores, _ = self._propose(image_list, features, None)
-            return self._region_batch(features, proposals, scores, image_list.image_sizes, original_sizes)
+            return self._region_batch(image_list, features, proposals, scores, original_sizes)
 
     @torch.no_grad()
     def detect_from_probabilities(

@@ -42,6 +42,9 @@ class DetectionGraph(nn.Module):
         mode = model.config.mode
         if method in CROP_METHODS:
             raise ValueError(f"method {method!r} runs the teacher on crops and cannot be part of the graph")
+        if model.config.image_head_input == "tower":
+            raise ValueError("a model whose distillation head reads the teacher's tower cannot be exported "
+                             "yet (its per-box upsampling is data-dependent); run it with vild detect")
         self.model = model.eval()
         self.method = resolve_method(method, mode, with_teacher=False)
         self.max_detections = int(model.config.detections_per_image if max_detections is None else max_detections)
@@ -56,7 +59,7 @@ class DetectionGraph(nn.Module):
         names = ["boxes", "scores", "labels"]
         names += ["masks"] if cfg.with_masks else []
         names += ["embeddings"]
-        names += ["image_embeddings"] if cfg.mode == "ensemble" else []
+        names += ["image_embeddings"] if cfg.separate_image_head else []
         return tuple(names + ["input_size"])
 
     def example_inputs(self, *, height: int = 96, width: int = 128, categories: int = 3) -> tuple:

@@ -39,6 +39,24 @@ class RegionEmbeddingHead(nn.Module):
         return features, F.normalize(self.projection(features), dim=-1)
 
 
+class TowerEmbeddingHead(nn.Module):
+    """Tower region features [N, F] (`vild.model.tower_regions`) -> (features [N, H],
+    embeddings [N, D] L2-normalised): FC + ReLU layers, then a projection."""
+
+    def __init__(self, *, in_dim: int, fc_dims: tuple[int, ...], embed_dim: int) -> None:
+        super().__init__()
+        layers, width = [], in_dim
+        for out in fc_dims:
+            layers += [nn.Linear(width, out), nn.ReLU(inplace=True)]
+            width = out
+        self.body = nn.Sequential(*layers)
+        self.projection = nn.Linear(width, embed_dim)
+
+    def forward(self, tower_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(tower_features.flatten(1))
+        return features, F.normalize(self.projection(features), dim=-1)
+
+
 def text_logits(
     region_embeddings: torch.Tensor,
     text_embeddings: torch.Tensor,

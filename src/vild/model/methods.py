@@ -126,7 +126,7 @@ def method_probabilities(
     if method in ("vild-text", "vild"):
         return p_text()
     if method == "vild-image":
-        return p_image(image_embeddings if config.mode == "ensemble" else embeddings)
+        return p_image(image_embeddings if config.separate_image_head else embeddings)
     if method == "vild-ensemble":
         return ensemble_probabilities(p_text(), p_image(image_embeddings), base_mask, lam)
     if method == "clip":

@@ -12,7 +12,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image
 
 from vild.model.config import ViLDConfig
-from vild.model.heads import RegionEmbeddingHead, text_logits
+from vild.model.heads import RegionEmbeddingHead, TowerEmbeddingHead, text_logits
 from vild.model.losses import box_regression_loss, classification_loss, distillation_loss
 
 FEATURE_MAPS = ["0", "1", "2", "3"]
@@ -23,7 +23,10 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 class ViLDRoIHeads(nn.Module):
-    def __init__(self, config: ViLDConfig, in_channels: int) -> None:
+    """tower_dim: the width of the tower's region features when the distillation head reads
+    the teacher's tower (config.image_head_input == "tower"), given by the detector."""
+
+    def __init__(self, config: ViLDConfig, in_channels: int, *, tower_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.box_roi_pool = MultiScaleRoIAlign(FEATURE_MAPS, config.roi_output_size, sampling_ratio=2)
@@ -36,8 +39,16 @@ class ViLDRoIHeads(nn.Module):
             norm=config.head_norm,
         )
         self.text_head = RegionEmbeddingHead(**head_kwargs)
-        # ViLD-ensemble: a separate head takes the distillation loss alone.
-        self.image_head = RegionEmbeddingHead(**head_kwargs) if config.mode == "ensemble" else None
+        # ViLD-ensemble: a separate head takes the distillation loss alone; a tower-fed one
+        # reads the teacher's tower instead of the RoI features (in modes image and ensemble).
+        self.image_head: nn.Module | None = None
+        if config.image_head_input == "tower":
+            if tower_dim is None:
+                raise ValueError("a tower-fed distillation head needs the tower's feature width")
+            self.image_head = TowerEmbeddingHead(in_dim=tower_dim, fc_dims=config.tower_fc_dims,
+                                                 embed_dim=config.embed_dim)
+        elif config.mode == "ensemble":
+            self.image_head = RegionEmbeddingHead(**head_kwargs)
         self.box_regressor = nn.Linear(self.text_head.feature_dim, 4)
         nn.init.normal_(self.box_regressor.weight, std=0.001)
         nn.init.zeros_(self.box_regressor.bias)
@@ -96,7 +107,10 @@ class ViLDRoIHeads(nn.Module):
         image_sizes: list[tuple[int, int]],
         targets: list[dict],
         text_embeddings: torch.Tensor | None,
+        tower_distill: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """tower_distill: the tower's features of every image's distill_boxes, in order
+        (a tower-fed distillation head only)."""
         cfg = self.config
         rois, matched, labels, reg_targets = self.sample_rois(proposals, targets)
         box_features = self.box_roi_pool(features, rois, image_sizes)
@@ -114,13 +128,14 @@ class ViLDRoIHeads(nn.Module):
             losses["loss_classifier"] = classification_loss(logits, all_labels)
         if cfg.uses_distillation:
             losses["loss_distill"] = cfg.distill_weight * self._distill_loss(
-                features, image_sizes, targets, like=embeddings
+                features, image_sizes, targets, like=embeddings, tower_distill=tower_distill
             )
         if cfg.with_masks:
             losses["loss_mask"] = self._mask_loss(features, image_sizes, targets, rois, matched, labels)
         return losses
 
-    def _distill_loss(self, features, image_sizes, targets, like: torch.Tensor) -> torch.Tensor:
+    def _distill_loss(self, features, image_sizes, targets, like: torch.Tensor,
+                      tower_distill: torch.Tensor | None = None) -> torch.Tensor:
         boxes = [t.get("distill_boxes", like.new_zeros(0, 4)).to(like.dtype) for t in targets]
         if sum(b.shape[0] for b in boxes) == 0:
             return like.sum() * 0.0
@@ -128,8 +143,13 @@ class ViLDRoIHeads(nn.Module):
         weights = None
         if any("distill_weights" in t for t in targets):
             weights = torch.cat([t.get("distill_weights", b.new_ones(b.shape[0])) for t, b in zip(targets, boxes)])
-        head = self.image_head if self.image_head is not None else self.text_head
-        _, student = head(self.box_roi_pool(features, boxes, image_sizes))
+        if self.config.image_head_input == "tower":
+            if tower_distill is None:
+                raise ValueError("a tower-fed distillation head needs the tower's features of the distill boxes")
+            _, student = self.image_head(tower_distill)
+        else:
+            head = self.image_head if self.image_head is not None else self.text_head
+            _, student = head(self.box_roi_pool(features, boxes, image_sizes))
         return distillation_loss(student, teacher, self.config.distill_loss, weights)
 
     def _mask_loss(self, features, image_sizes, targets, rois, matched, labels) -> torch.Tensor:
@@ -147,18 +167,25 @@ class ViLDRoIHeads(nn.Module):
 
     # --------------------------------------------------------------- inference
     def region_outputs(self, features, proposals, image_sizes):
-        """Per image: refined boxes [P, 4], text-head embeddings [P, D], image-head ones or None."""
+        """Per image: refined boxes [P, 4], text-head embeddings [P, D], image-head ones or None
+        (also None for a tower-fed head: the detector reads the tower, `tower_embeddings`)."""
         counts = [p.shape[0] for p in proposals]
         box_features = self.box_roi_pool(features, proposals, image_sizes)
         head_features, embeddings = self.text_head(box_features)
         deltas = self.box_regressor(head_features).float()  # bf16 boxes would be 4 px coarse at 1024
         boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)
-        image_embeddings = self.image_head(box_features)[1] if self.image_head is not None else None
+        image_embeddings = None
+        if self.image_head is not None and self.config.image_head_input == "roi":
+            image_embeddings = self.image_head(box_features)[1]
         outputs = []
         for i, (b, e) in enumerate(zip(boxes.split(counts), embeddings.split(counts))):
             ie = image_embeddings.split(counts)[i] if image_embeddings is not None else None
             outputs.append((clip_boxes_to_image(b, image_sizes[i]), e, ie))
         return outputs
+
+    def tower_embeddings(self, tower_features: torch.Tensor) -> torch.Tensor:
+        """The tower-fed distillation head's embeddings [N, D] of tower features [N, F]."""
+        return self.image_head(tower_features)[1]
 
     def class_probabilities(
         self,

@@ -7,8 +7,8 @@ crops of one size, so each box is read from the map of the image upsampled by th
 brings the box nearest that size (as FPN assigns boxes to levels), and, like the teacher's
 region crops, from its 1x and 1.5x boxes.
 
-Not wired into the detector yet: `benchmarks/teacher_trunk_rows.py` uses it with a head
-trained offline.
+The detector holds one when its config says image_head_input="tower" (`build_tower`); its
+distillation head is trained by `vild.training.tower_head` (`vild distill-tower`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,23 @@ from torchvision.ops import roi_align
 from vild.teacher.crops import region_boxes
 
 DEFAULT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def build_tower(config) -> "TowerRegionFeatures":
+    """The region reader of a `ViLDConfig` with image_head_input="tower": its timm tower
+    (`tower_model`, num_classes=0, random weights: the model folder or the teacher fills them)."""
+    import timm
+
+    from vild.teacher.cnn import register_timm
+
+    register_timm()  # the ShapeWorld teacher's tower is a timm model of ours
+    try:
+        trunk = timm.create_model(config.tower_model, pretrained=False, num_classes=0)
+    except RuntimeError as e:  # timm: "Unknown model"
+        raise ValueError(f"cannot build the tower {config.tower_model!r}: {e}") from None
+    return TowerRegionFeatures(trunk, crop_size=config.tower_image_size, mean=config.tower_mean,
+                               std=config.tower_std, factors=config.tower_factors,
+                               box_scales=config.tower_box_scales, grid=config.tower_grid)
 
 
 def nearest_scale(sizes: torch.Tensor, factors: torch.Tensor, crop_size: int) -> torch.Tensor:
@@ -46,6 +63,8 @@ class TowerRegionFeatures(nn.Module):
         super().__init__()
         if not hasattr(trunk, "forward_features"):
             raise TypeError("the tower must have forward_features (timm's model protocol)")
+        if int(grid) <= 0:
+            raise ValueError(f"grid must be at least 1, got {grid}")
         if not factors or min(factors) <= 0:
             raise ValueError(f"upsampling factors must be positive, got {tuple(factors)}")
         self.trunk = trunk.eval().requires_grad_(False)
@@ -57,6 +76,9 @@ class TowerRegionFeatures(nn.Module):
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
             probe = self.trunk.forward_features(torch.zeros(1, 3, self.crop_size, self.crop_size))
+        if probe.ndim != 4:
+            raise TypeError(f"the tower's forward_features must give a [B, C, h, w] map, got "
+                            f"{probe.ndim} dims (token towers such as ViTs are not supported)")
         self.channels, self.map_size = int(probe.shape[1]), int(probe.shape[-1])
         self.stride = self.crop_size / self.map_size
 
