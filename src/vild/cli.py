@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "vild.text.cli",
     "vild.regions.cli",
     "vild.training.cli",
+    "vild.training.tower_cli",
     "vild.recipes.cli",
     "vild.evaluation.cli",
     "vild.inference.cli",

@@ -217,6 +217,9 @@ def train_detector(
             f"text embeddings {tuple(text_embeddings.shape)} do not fit "
             f"{len(data.category_ids)} categories x embed_dim {model_config.embed_dim}"
         )
+    if model_config.image_head_input == "tower" and not train_config.init_from:
+        raise VildError("a tower-fed distillation head starts from a trained detector and the teacher's tower: "
+                        "run vild distill-tower on the trained model (or --init from a tower model)")
     if model_config.uses_distillation and not data.region_store:
         raise VildError(f"mode {model_config.mode!r} distils: give a region store (vild embed-regions)")
     device = D.resolve_device(device)

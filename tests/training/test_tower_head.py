@@ -1,0 +1,131 @@
+"""`vild distill-tower`: a distillation head on the teacher's own tower, trained on a region store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.training._tiny import tiny_training
+from vild.cli import main
+from vild.errors import VildError
+from vild.model.heads import TowerEmbeddingHead
+from vild.training.checkpoint import load_model
+from vild.training.tower_head import TowerHeadConfig, train_tower_head, tower_detector
+from vild.training.vocabulary import world_paths
+
+
+@pytest.fixture(scope="module")
+def cnn_teacher_dir(tmp_path_factory):
+    """A tiny random open_clip teacher whose image tower is the ShapeWorld CNN (a timm model)."""
+    from vild.teacher import Teacher, create_clip
+
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "timm_model_name": "vild_shapeworld_cnn",
+                          "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
+           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    model, tokenizer, cfg = create_clip(cfg)
+    teacher = Teacher(model, tokenizer, image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                      model_cfg=cfg, name="tiny-cnn")
+    path = tmp_path_factory.mktemp("cnn-teacher") / "t"
+    teacher.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_model(tiny_world, tmp_path_factory):
+    from vild.training.loop import train_detector
+
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world, steps=2)
+    out = tmp_path_factory.mktemp("text") / "text"
+    return train_detector(dataclasses.replace(model_cfg, mode="text"), train_cfg, data, text, out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory):
+    from vild.data.detection import DetectionDataset
+    from vild.regions.embed import embed_regions
+    from vild.teacher import Teacher
+
+    paths = world_paths(tiny_world)
+    out = tmp_path_factory.mktemp("store") / "regions"
+    embed_regions(DetectionDataset(paths["train_images"], paths["train_base"], with_masks=False),
+                  load_model(text_model).propose, Teacher.load(str(cnn_teacher_dir)), out,
+                  num_proposals=6, progress=False)
+    return out
+
+
+def test_distill_tower_cli_writes_a_model_that_detects_with_the_teachers_tower(
+        tiny_world, text_model, cnn_teacher_dir, store, tmp_path):
+    from vild.teacher import Teacher
+
+    out = tmp_path / "tower"
+    argv = ["distill-tower", "--model", str(text_model), "--teacher", str(cnn_teacher_dir), "--world",
+            str(tiny_world), "--region-store", str(store), "--steps", "60", "--factors", "1", "2",
+            "--threads", "1", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    model = load_model(out)
+    cfg = model.config
+    assert (cfg.mode, cfg.image_head_input, cfg.tower_model, cfg.tower_factors) == (
+        "ensemble", "tower", "vild_shapeworld_cnn", (1.0, 2.0))
+    teacher = Teacher.load(str(cnn_teacher_dir))
+    assert cfg.image_temperature == pytest.approx(teacher.logit_scale)
+    for k, v in teacher.model.visual.trunk.state_dict().items():  # the teacher's own tower
+        torch.testing.assert_close(model.tower.trunk.state_dict()[k], v)
+    base = load_model(text_model)
+    for k, v in base.state_dict().items():  # the detector is the trained one
+        torch.testing.assert_close(model.state_dict()[k], v)
+    record = json.loads((out / "tower_head.json").read_text())
+    assert record["images"] == 6 and record["proposals"] == 36
+    assert record["log"][-1]["loss_distill"] < record["log"][0]["loss_distill"]
+    image = torch.rand(3, 128, 128)
+    detections = model([image], F.normalize(torch.randn(4, 16), dim=-1)).detections[0]
+    assert detections.image_embeddings is not None
+    assert main(argv) == 1  # a finished folder is never overwritten
+
+
+def test_tower_head_fits_the_teacher_embeddings():
+    """The head trained by the library's loop fits targets that are a function of the features."""
+    torch.manual_seed(0)
+    feats = torch.randn(400, 32)
+    targets = F.normalize(torch.tanh(feats @ torch.randn(32, 16)), dim=-1)
+    head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16)
+    model = SimpleNamespace(roi_heads=SimpleNamespace(image_head=head),
+                            config=SimpleNamespace(distill_weight=0.5, distill_loss="l1"))
+    with torch.no_grad():
+        before = float((head(feats)[1] * targets).sum(1).mean())
+    log = train_tower_head(model, feats.half(), targets, torch.full((40,), 10),
+                           TowerHeadConfig(steps=300, lr=3e-3, warmup_steps=10), progress=False)
+    with torch.no_grad():
+        after = float((head(feats)[1] * targets).sum(1).mean())
+    assert before < 0.3 and after > 0.9, (before, after)
+    assert log[-1]["loss_distill"] < log[0]["loss_distill"]
+
+
+def test_a_teacher_without_a_timm_tower_is_refused(text_model, tiny_teacher_dir):
+    from vild.teacher import Teacher
+
+    with pytest.raises(VildError, match="has no timm image tower"):
+        tower_detector(load_model(text_model), Teacher.load(str(tiny_teacher_dir)), TowerHeadConfig())
+
+
+def test_train_refuses_a_tower_config_without_a_trained_start(tiny_world, tmp_path):
+    from vild.training.loop import train_detector
+
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world, steps=2)
+    model_cfg = dataclasses.replace(model_cfg, mode="ensemble", image_head_input="tower",
+                                    tower_model="vild_shapeworld_cnn", tower_image_size=32)
+    with pytest.raises(VildError, match="vild distill-tower"):
+        train_detector(model_cfg, train_cfg, dataclasses.replace(data, region_store="x"), text, tmp_path / "m",
+                       progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(mode="vild"), "mode"), (dict(steps=0), "positive")])
+def test_recipe_is_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TowerHeadConfig(**kwargs)
