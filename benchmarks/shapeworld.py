@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
-from shapeworld_report import ROWS, run_meta, write_results  # noqa: E402
+from shapeworld_report import ROWS, TOWER_ROWS, run_meta, write_results  # noqa: E402
 from shapeworld_rows import check_same_schedule, row_overrides, train_rows_in_parallel  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
@@ -159,6 +159,28 @@ def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings
     return store
 
 
+def ensure_tower(out: Path, text_dir: Path, world: Path, teacher, store: Path, seed: int, args,
+                 timings: dict, feature_cache: dict) -> Path:
+    """The seed's ViLD-text row with a distillation head on the teacher's tower (`vild
+    distill-tower`, mode ensemble), unless it exists with the same recipe."""
+    from vild.training.tower_head import TowerHeadConfig, distill_tower
+
+    config = TowerHeadConfig(seed=seed, steps=12 if args.quick else 2000)
+    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
+    if (out / "model.safetensors").is_file():
+        saved = json.loads((out / "tower_head.json").read_text())["recipe"]
+        if saved != recipe:
+            raise SystemExit(f"{out} was made with another recipe ({saved}); use --fresh or another --work")
+        return out
+    paths = world_paths(world)
+    log(f"training {out} (tower head, {config.steps} steps)")
+    started = time.perf_counter()
+    distill_tower(text_dir, teacher, paths["train_images"], paths["train_base"], store, out, config,
+                  device=args.device, progress=args.progress, feature_cache=feature_cache)
+    timings[f"train_{out.name}_s"] = time.perf_counter() - started
+    return out
+
+
 def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
                     shared: dict, timings: dict, only: str | None = None) -> dict[str, Path]:
     """Train the seed's rows that are not trained yet (only `only`, if given) -> their folders."""
@@ -184,7 +206,7 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
     else:
         rows_from, store = dict(steps=args.row_steps), None
     model_dirs = {"text": row("text", **common, **rows_from)}
-    if args.protocol != "trunk" and only in (None, "image", "vild", "ensemble"):
+    if args.protocol != "trunk" and only in (None, "image", "vild", "ensemble", "tower"):
         store = ensure_store(seed_dir / "regions", model_dirs["text"], world, teacher, args, timings)
     for mode in ("image", "vild", "ensemble"):
         if mode in args.rows:
@@ -193,6 +215,12 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
         if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
             rows_from = dict(rows_from, init_from=shared["trunk_all"])
         model_dirs["supervised"] = row("supervised", supervised=True, **common, **rows_from)
+    if set(TOWER_ROWS) & set(args.rows):
+        model_dirs["tower"] = seed_dir / "tower"
+        if only in (None, "tower"):
+            # every seed's head reads the same store through the same tower: features read once
+            ensure_tower(seed_dir / "tower", model_dirs["text"], world, teacher, store, seed, args, timings,
+                         shared.setdefault("tower_features", {}))
     return model_dirs
 
 
@@ -224,6 +252,8 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
             rows[label] = evaluate(model_dirs["text"], method=key)
         elif key == "supervised":
             rows[label] = evaluate(model_dirs["supervised"], mask=torch.ones_like(base_mask))
+        elif key in TOWER_ROWS:
+            rows[label] = evaluate(model_dirs["tower"], method="vild-image" if key == "tower-image" else "native")
         else:
             rows[label] = evaluate(model_dirs[key])
         timings[f"eval_{key}_s"] = time.perf_counter() - started

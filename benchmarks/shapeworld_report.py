@@ -28,7 +28,12 @@ ROWS = [
     ("ViLD-ensemble (w=0.5)", "ensemble"),
     ("ViLD-text + CLIP", "text+clip"),
     ("Supervised-RFS (base+novel)", "supervised"),
+    # the distillation head on the teacher's own tower (`vild distill-tower` on the ViLD-text
+    # row; docs/distillation.md section 18): ViLD-image and ViLD-ensemble with that head
+    ("ViLD-image, tower head", "tower-image"),
+    ("ViLD-ensemble, tower head", "tower-ensemble"),
 ]
+TOWER_ROWS = ("tower-image", "tower-ensemble")
 
 
 def aggregate(per_seed: list[dict]) -> dict:

@@ -35,7 +35,10 @@ def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
     if wanted_model is not None and (out / "model_config.json").is_file():
         model = json.loads((out / "model_config.json").read_text())
         asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists
-        checks += [(key, model.get(key), value) for key, value in asked.items() if key != "image_temperature"]
+        # a model saved before a setting existed had its default (e.g. the tower fields)
+        model_defaults = json.loads(json.dumps(config_to_dict(type(wanted_model)())))
+        checks += [(key, model.get(key, model_defaults[key]), value) for key, value in asked.items()
+                   if key != "image_temperature"]
     for key, had, asked in checks:
         if had != asked:
             raise SystemExit(
@@ -57,6 +60,7 @@ def train_rows_in_parallel(args, script: Path, log) -> None:
              for mode in ("text", "image", "vild", "ensemble", "supervised")
              if (mode == "text" or mode in args.rows)
              and not (args.work / f"seed{seed}" / mode / "model.safetensors").is_file()]
+    # the tower head trains on its seed's ViLD-text row, in the run's own process afterwards
     argv, skip = [], False
     for item in sys.argv[1:]:  # the same settings, minus --jobs/--threads and --fresh (done once)
         if skip:

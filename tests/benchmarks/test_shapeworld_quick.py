@@ -44,6 +44,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert set(rows) == {
         "CLIP on cropped regions", "ViLD-text", "ViLD-image", "ViLD",
         "ViLD-ensemble (w=0.5)", "ViLD-text + CLIP", "Supervised-RFS (base+novel)",
+        "ViLD-image, tower head", "ViLD-ensemble, tower head",
     }
     for row in rows.values():
         assert {"APr", "APc", "APf", "AP", "box_AP", "ms_per_image"} <= set(row)
@@ -66,6 +67,10 @@ def test_quick_benchmark_writes_every_row(tmp_path):
              for mode in ("text", "vild", "ensemble")}
     assert heads["text"]["temperature"] == heads["ensemble"]["temperature"] == 50.0
     assert heads["vild"]["temperature"] == heads["vild"]["image_temperature"] != 50.0
+    # the tower rows: the seed's ViLD-text row with a head on the teacher's own tower
+    tower = json.loads((tmp_path / "work" / "seed0" / "tower" / "model_config.json").read_text())
+    assert (tower["mode"], tower["image_head_input"], tower["fpn_channels"]) == ("ensemble", "tower", 32)
+    assert json.loads((tmp_path / "work" / "seed0" / "tower" / "tower_head.json").read_text())["recipe"]["seed"] == 0
     stages = meta["stage_seconds"]
     assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
     parts = sum(v for k, v in stages.items() if k != "total")

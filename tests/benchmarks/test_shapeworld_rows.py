@@ -56,3 +56,28 @@ def test_sigterm_to_the_parent_ends_its_row_processes(tmp_path):
     while any(_alive(pid) for pid in children) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in children)
+
+
+def test_a_row_saved_before_a_setting_existed_is_reused_at_that_settings_default(tmp_path):
+    """Folders trained before the tower settings existed hold no such keys: they had the
+    defaults, so a run asking for the defaults reuses them, and one asking otherwise does not."""
+    import dataclasses
+    import json
+
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from shapeworld_rows import check_same_schedule
+    from vild.io import config_to_dict
+    from vild.model import ViLDConfig
+    from vild.training.config import TrainConfig
+
+    model, train = ViLDConfig(mode="text"), TrainConfig()
+    saved = json.loads(json.dumps(config_to_dict(model)))
+    for key in [k for k in saved if k.startswith("tower_")] + ["image_head_input"]:
+        del saved[key]
+    (tmp_path / "model_config.json").write_text(json.dumps(saved))
+    (tmp_path / "train_config.json").write_text(json.dumps(json.loads(json.dumps(config_to_dict(train)))))
+    check_same_schedule(tmp_path, train, model)
+    with pytest.raises(SystemExit, match="tower_grid"):
+        check_same_schedule(tmp_path, train, dataclasses.replace(model, tower_grid=3))
