@@ -133,7 +133,7 @@ def stage_times(model, images, text, *, precision: str, detections: int, batched
         features = timed("backbone_fpn", lambda: model.backbone(image_list.tensors))
         proposals, scores, _ = timed("rpn", lambda: model._propose(image_list, features, None))
         sizes = image_list.image_sizes
-        batch = timed("box_head", lambda: model._region_batch(features, proposals, scores, sizes, original))
+        batch = timed("box_head", lambda: model._region_batch(image_list, features, proposals, scores, original))
     bg = model.roi_heads.background
     probs = timed("classify", lambda: [method_probabilities("vild", cfg, bg, r.embeddings, None, None, text, None)
                                        for r in batch.regions])

@@ -207,7 +207,7 @@ def stage_times(model, image, text) -> dict:
     features = timed("backbone_fpn", lambda: model.backbone(image_list.tensors))
     proposals, scores, _ = timed("rpn", lambda: model._propose(image_list, features, None))
     sizes = image_list.image_sizes
-    batch = timed("box_head", lambda: model._region_batch(features, proposals, scores, sizes, original_sizes))
+    batch = timed("box_head", lambda: model._region_batch(image_list, features, proposals, scores, original_sizes))
     heads = model.roi_heads
     probs = timed("classify", lambda: [heads.class_probabilities(r.embeddings, r.image_embeddings, text, None)
                                        for r in batch.regions])
