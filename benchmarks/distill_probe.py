@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.io import save_json  # noqa: E402
+from vild.model.heads import TowerEmbeddingHead  # noqa: E402
 from vild.regions.store import RegionStore  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
@@ -100,20 +101,15 @@ def build_cache(args, model, teacher, vocab) -> dict:
 
 
 # ------------------------------------------------------------------------------- heads
-class Head(nn.Module):
-    """The ShapeWorld box head (flatten -> FC ... -> projection -> L2 norm)."""
+class Head(TowerEmbeddingHead):
+    """The ShapeWorld box head (flatten -> FC ... -> projection -> L2 norm) -> embeddings alone:
+    the library's tower head (`vild.model.heads.TowerEmbeddingHead`), whose layout it shares."""
 
     def __init__(self, in_dim: int, fc: tuple[int, ...], out_dim: int) -> None:
-        super().__init__()
-        layers, d = [], in_dim
-        for w in fc:
-            layers += [nn.Linear(d, w), nn.ReLU(inplace=True)]
-            d = w
-        self.body = nn.Sequential(*layers)
-        self.projection = nn.Linear(d, out_dim)
+        super().__init__(in_dim=in_dim, fc_dims=tuple(fc), embed_dim=out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection(self.body(x.flatten(1).float())), dim=-1)
+        return super().forward(x.float())[1]
 
 
 def trunk_head(model, out_dim: int) -> Head:

@@ -19,7 +19,12 @@ rows weight each proposal's L1 term by the rarity of its teacher embedding, `--r
 `--image-rarity`, chosen on world s7: docs/distillation.md section 8). The supervised
 base+novel baseline (RFS) starts instead from a twin trunk trained on base+novel labels, whose
 RPN is the "base+novel" row of the proposal-recall table. Every row is evaluated, plus CLIP on
-cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. Protocol "scratch" trains every row from
+cropped regions and ViLD-text + CLIP on the ViLD-text model's proposals. The two tower rows
+put the teacher's own image tower into each seed's ViLD-text model and train a distillation
+head on it from the same store (`vild distill-tower`, `vild.training.tower_head`: the tower's
+features of the stored proposals read once per run, about 7.5 min on 1 thread, then 2000
+steps per seed, 5-10 min), scored alone (ViLD-image, tower head) and ensembled with the text
+head (ViLD-ensemble, tower head); docs/distillation.md section 18. Protocol "scratch" trains every row from
 scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
 the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store,
 rows and evaluations (the RPN recall table stays on the CPU). --jobs J trains up to J rows at
@@ -46,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from vild.data.loading import available_cores, resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
 from shapeworld_report import ROWS, TOWER_ROWS, run_meta, write_results  # noqa: E402
-from shapeworld_rows import check_same_schedule, row_overrides, train_rows_in_parallel  # noqa: E402
+from shapeworld_rows import check_same_schedule, ensure_tower, row_overrides, train_rows_in_parallel  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
@@ -159,28 +164,6 @@ def ensure_store(store: Path, rpn_dir: Path, world: Path, teacher, args, timings
     return store
 
 
-def ensure_tower(out: Path, text_dir: Path, world: Path, teacher, store: Path, seed: int, args,
-                 timings: dict, feature_cache: dict) -> Path:
-    """The seed's ViLD-text row with a distillation head on the teacher's tower (`vild
-    distill-tower`, mode ensemble), unless it exists with the same recipe."""
-    from vild.training.tower_head import TowerHeadConfig, distill_tower
-
-    config = TowerHeadConfig(seed=seed, steps=12 if args.quick else 2000)
-    recipe = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}
-    if (out / "model.safetensors").is_file():
-        saved = json.loads((out / "tower_head.json").read_text())["recipe"]
-        if saved != recipe:
-            raise SystemExit(f"{out} was made with another recipe ({saved}); use --fresh or another --work")
-        return out
-    paths = world_paths(world)
-    log(f"training {out} (tower head, {config.steps} steps)")
-    started = time.perf_counter()
-    distill_tower(text_dir, teacher, paths["train_images"], paths["train_base"], store, out, config,
-                  device=args.device, progress=args.progress, feature_cache=feature_cache)
-    timings[f"train_{out.name}_s"] = time.perf_counter() - started
-    return out
-
-
 def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Tensor, work: Path,
                     shared: dict, timings: dict, only: str | None = None) -> dict[str, Path]:
     """Train the seed's rows that are not trained yet (only `only`, if given) -> their folders."""
@@ -220,7 +203,7 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
         if only in (None, "tower"):
             # every seed's head reads the same store through the same tower: features read once
             ensure_tower(seed_dir / "tower", model_dirs["text"], world, teacher, store, seed, args, timings,
-                         shared.setdefault("tower_features", {}))
+                         shared.setdefault("tower_features", {}), log)
     return model_dirs
 
 

@@ -99,3 +99,26 @@ def train_rows_in_parallel(args, script: Path, log) -> None:
         signal.signal(signal.SIGTERM, previous)
     if failed:
         raise SystemExit(f"rows failed to train (seed, mode): {failed}; their logs are above")
+
+
+def ensure_tower(out: Path, text_dir: Path, world: Path, teacher, store: Path, seed: int, args,
+                 timings: dict, feature_cache: dict, log) -> Path:
+    """The seed's ViLD-text row with a distillation head on the teacher's tower (`vild
+    distill-tower`, mode ensemble), unless it exists with the same recipe."""
+    from vild.training.tower_head import TowerHeadConfig, distill_tower
+
+    config = TowerHeadConfig(seed=seed, steps=12 if args.quick else 2000)
+    if (out / "model.safetensors").is_file():
+        saved = json.loads((out / "tower_head.json").read_text())["recipe"]
+        if saved != config.record():
+            raise SystemExit(f"{out} was made with another recipe ({saved}); use --fresh or another --work")
+        return out
+    from vild.training.vocabulary import world_paths
+
+    paths = world_paths(world)
+    log(f"training {out} (tower head, {config.steps} steps)")
+    started = time.perf_counter()
+    distill_tower(text_dir, teacher, paths["train_images"], paths["train_base"], store, out, config,
+                  device=args.device, progress=args.progress, feature_cache=feature_cache)
+    timings[f"train_{out.name}_s"] = time.perf_counter() - started
+    return out

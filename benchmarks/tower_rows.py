@@ -33,6 +33,45 @@ from vild.training.tower_head import TowerHeadConfig, tower_detector  # noqa: E4
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
+class ValWorld:
+    """A world's val split as the tower scripts score it: its teacher, text embeddings and base
+    flags; `evaluate` is benchmarks/shapeworld.py's evaluation of one row."""
+
+    def __init__(self, world: Path, teacher: Path, val_images: int) -> None:
+        self.teacher = Teacher.load(str(teacher))
+        self.paths = world_paths(world)
+        self.vocab = dataset_vocabulary(self.paths["val"])
+        self.text = text_embeddings_for(self.teacher, self.vocab).float()
+        self.novel = [c for c, b in zip(self.vocab["category_ids"], self.vocab["base"]) if not b]
+        self.val_images = val_images
+
+    def evaluate(self, model, method: str) -> dict:
+        started = time.perf_counter()
+        metrics = evaluate_detector(
+            model, self.paths["val_images"], self.paths["val"], self.text, self.vocab["category_ids"],
+            base_mask=torch.tensor(self.vocab["base"]), novel_category_ids=self.novel, method=method,
+            teacher=self.teacher, progress=False, max_images=self.val_images)
+        return {**row_metrics(metrics), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def open_results(path: Path) -> dict:
+    """The results file (a later run adds its rows), with this run's command appended."""
+    result = load_json(path) if path.is_file() else {"commands": [], "rows": {}}
+    result["commands"].append({"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+                               "loadavg_start": os.getloadavg()})
+    return result
+
+
+def world_arguments(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--world", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, required=True)
+    p.add_argument("--val-images", type=int, default=250)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    return p
+
+
 def tower_model(args, teacher):
     if args.model:
         return load_model(args.model)
@@ -46,38 +85,22 @@ def tower_model(args, teacher):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--world", type=Path, required=True)
-    p.add_argument("--teacher", type=Path, required=True)
+    p = world_arguments(__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, help="a tower model folder (vild distill-tower)")
     p.add_argument("--text-model", type=Path, help="a ViLD-text row folder (with --head)")
     p.add_argument("--head", type=Path, help="a head saved by teacher_trunk_rows.py --head")
     p.add_argument("--reads", nargs="+", default=["refined", "proposals"], choices=["refined", "proposals"])
     p.add_argument("--methods", nargs="+", default=["vild-ensemble", "vild-image"])
-    p.add_argument("--val-images", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    teacher = Teacher.load(str(args.teacher))
-    paths = world_paths(args.world)
-    vocab = dataset_vocabulary(paths["val"])
-    text = text_embeddings_for(teacher, vocab).float()
-    novel = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
-    model = tower_model(args, teacher)
-    result = load_json(args.out) if args.out.is_file() else {"commands": [], "rows": {}}
-    result["commands"].append({"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-                               "loadavg_start": os.getloadavg()})
+    val = ValWorld(args.world, args.teacher, args.val_images)
+    model = tower_model(args, val.teacher)
+    result = open_results(args.out)
     for reads in args.reads:
         model.config = dataclasses.replace(model.config, tower_reads=reads)
         for method in args.methods:
-            t = time.perf_counter()
-            metrics = evaluate_detector(
-                model, paths["val_images"], paths["val"], text, vocab["category_ids"],
-                base_mask=torch.tensor(vocab["base"]), novel_category_ids=novel, method=method,
-                teacher=teacher, progress=False, max_images=args.val_images)
             label = f"{method}, tower head reads {reads} boxes"
-            result["rows"][label] = {**row_metrics(metrics), "seconds": round(time.perf_counter() - t, 1)}
+            result["rows"][label] = val.evaluate(model, method)
             print(f"{label}: APr {result['rows'][label]['APr']:.2f} AP {result['rows'][label]['AP']:.2f}", flush=True)
             save_json(args.out, result)
     return 0

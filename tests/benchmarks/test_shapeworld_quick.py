@@ -97,6 +97,23 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     trained = json.loads((tmp_path / "rows-scratch" / "image" / "train_config.json").read_text())
     assert trained["init_from"] is None and trained["freeze"] == [] and trained["steps"] == 2
 
+    # the tower scripts: a tower model's rows for each choice of boxes, and a recipe sweep
+    world = ["--world", str(tmp_path / "world"), "--teacher", str(tmp_path / "teacher"), "--val-images", "2"]
+    tower_rows = [sys.executable, str(ROOT / "benchmarks" / "tower_rows.py"), *world, "--model",
+                  str(tmp_path / "work" / "seed0" / "tower"), "--methods", "vild-image", "--out", str(tmp_path / "reads.json")]
+    done = subprocess.run(tower_rows, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert set(json.loads((tmp_path / "reads.json").read_text())["rows"]) == {
+        "vild-image, tower head reads refined boxes", "vild-image, tower head reads proposals boxes"}
+    sweep = [sys.executable, str(ROOT / "benchmarks" / "tower_head_sweep.py"), *world, "--text-model",
+             str(tmp_path / "work" / "seed0" / "text"), "--store", str(tmp_path / "work" / "regions"),
+             "--variant", "steps=3", "--variant", "fc_dims=8,8", "--out", str(tmp_path / "sweep.json")]
+    done = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    swept = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert swept["steps=3"]["recipe"]["steps"] == 3 and swept["fc_dims=8,8"]["recipe"]["fc_dims"] == [8, 8]
+    assert {"vild-image", "vild-ensemble"} <= set(swept["steps=3"])
+
 
 def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     import pytest

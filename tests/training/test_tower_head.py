@@ -20,24 +20,6 @@ from vild.training.vocabulary import world_paths
 
 
 @pytest.fixture(scope="module")
-def cnn_teacher_dir(tmp_path_factory):
-    """A tiny random open_clip teacher whose image tower is the ShapeWorld CNN (a timm model)."""
-    from vild.teacher import Teacher, create_clip
-
-    cfg = {"embed_dim": 16,
-           "vision_cfg": {"image_size": 32, "timm_model_name": "vild_shapeworld_cnn",
-                          "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
-           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-    torch.manual_seed(0)
-    model, tokenizer, cfg = create_clip(cfg)
-    teacher = Teacher(model, tokenizer, image_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                      model_cfg=cfg, name="tiny-cnn")
-    path = tmp_path_factory.mktemp("cnn-teacher") / "t"
-    teacher.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def text_model(tiny_world, tmp_path_factory):
     from vild.training.loop import train_detector
 

@@ -51,6 +51,10 @@ class TowerHeadConfig:
         if self.steps <= 0 or self.images_per_step <= 0 or self.lr <= 0:
             raise ValueError("steps, images_per_step and lr must be positive")
 
+    def record(self) -> dict:
+        """As saved in tower_head.json (JSON types: tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
     def schedule(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.images_per_step, lr=self.lr,
                            warmup_steps=self.warmup_steps, warmup_factor=0.1)
@@ -188,7 +192,7 @@ def distill_tower(base_folder, teacher, images, annotations, region_store, out, 
             shutil.copyfile(base_folder / name, out / name)
     record = {"base_model": str(base_folder), "teacher": teacher.name, "teacher_identity": teacher.identity,
               "region_store": str(region_store), "images": int(len(counts)), "proposals": int(counts.sum()),
-              "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+              "recipe": config.record(),
               "seconds_features": round(cached - started, 1),
               "seconds_training": round(time.perf_counter() - cached, 1), "log": log}
     atomic_write_text(out / "tower_head.json", json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,75 @@
+"""Tower-head recipes compared on one world: the tower's features of the region store's
+proposals are read once (`vild.training.tower_head`), then one head per variant is trained
+and evaluated (ViLD-image and ViLD-ensemble with the tower head, first --val-images val images).
+
+    python benchmarks/tower_head_sweep.py --world W --teacher T --text-model TEXT --store S \\
+        --variant steps=2000 --variant steps=4000 --variant fc_dims=1024,1024 --out R.json
+
+Choose recipes on the world the settings are chosen on (world s7), never on a reported one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from tower_rows import ValWorld, open_results, world_arguments  # noqa: E402
+from vild.data.detection import DetectionDataset  # noqa: E402
+from vild.io import save_json  # noqa: E402
+from vild.training.checkpoint import load_model  # noqa: E402
+from vild.training.tower_head import (  # noqa: E402
+    TowerHeadConfig, cache_tower_features, tower_detector, train_tower_head)
+
+
+def parse_variant(text: str) -> dict:
+    """"steps=4000,lr=0.002" or "fc_dims=1024,1024" -> TowerHeadConfig overrides."""
+    key, _, value = text.partition("=")
+    if key == "fc_dims":
+        return {key: tuple(int(v) for v in value.split(","))}
+    field = {f.name: f for f in dataclasses.fields(TowerHeadConfig)}[key]
+    return {key: (int if field.type in ("int", int) else float)(value)}
+
+
+def main() -> int:
+    p = world_arguments(__doc__.split("\n")[0])
+    p.add_argument("--text-model", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--variant", action="append", default=[], help="KEY=VALUE of TowerHeadConfig (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    val = ValWorld(args.world, args.teacher, args.val_images)
+    base = load_model(args.text_model)
+    result = open_results(args.out)
+    started = time.perf_counter()
+    model = tower_detector(base, val.teacher, TowerHeadConfig(seed=args.seed))
+    train = DetectionDataset(val.paths["train_images"], val.paths["train_base"], region_store=str(args.store),
+                             with_masks=False)
+    feats, targets, counts = cache_tower_features(model, train, progress=False)
+    result["seconds_features"] = round(time.perf_counter() - started, 1)
+    for text_variant in args.variant or ["steps=2000"]:
+        config = TowerHeadConfig(seed=args.seed, **parse_variant(text_variant))
+        model = tower_detector(base, val.teacher, config)
+        started = time.perf_counter()
+        log = train_tower_head(model, feats, targets, counts, config, progress=False)
+        row = {"recipe": config.record(), "seconds_training": round(time.perf_counter() - started, 1),
+               "last_loss": log[-1]["loss_distill"]}
+        for method in ("vild-image", "vild-ensemble"):
+            row[method] = val.evaluate(model, method)
+        result["rows"][text_variant] = row
+        print(f"{text_variant}: ViLD-image APr {row['vild-image']['APr']:.2f}, "
+              f"ensemble APr {row['vild-ensemble']['APr']:.2f}", flush=True)
+        save_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

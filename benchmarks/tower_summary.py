@@ -1,0 +1,51 @@
+"""The tower-head rows against the issue-14 targets, per world and seed, as a markdown table.
+
+    python benchmarks/tower_summary.py   # reads benchmarks/results/tower/<world>/shapeworld.json
+
+Ratios are to the same run's ViLD-text row and to CLIP on crops of the same ViLD-text model's
+regions (benchmarks/results/teacher_trunk/rows_<world>_seed<S>.json, section 17's runs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORLDS = ("default", "s7", "s11", "s13")
+
+
+def rows(world: str) -> list[dict]:
+    path = RESULTS / "tower" / world / "shapeworld.json"
+    if not path.is_file():
+        return []
+    out = []
+    for seed, entry in enumerate(json.loads(path.read_text())["per_seed"]):
+        r = entry["rows"]
+        clip_file = RESULTS / "teacher_trunk" / f"rows_{world}_seed{seed}.json"
+        clip = json.loads(clip_file.read_text())["rows"]["CLIP on cropped regions"]["APr"] if clip_file.is_file() else None
+        text, image, ens = r["ViLD-text"], r["ViLD-image, tower head"], r["ViLD-ensemble, tower head"]
+        out.append({"world": world, "seed": seed, "text": text["APr"], "text_AP": text["AP"], "clip": clip,
+                    "image": image["APr"], "ensemble": ens["APr"], "ensemble_AP": ens["AP"],
+                    "ms": ens["ms_per_image"]})
+    return out
+
+
+def main() -> int:
+    lines = ["| world, seed | ViLD-text APr (AP) | ViLD-ensemble, tower head APr (AP) | / ViLD-text | "
+             "ViLD-image, tower head APr | CLIP on crops APr | / CLIP | ms per image |",
+             "|---|---|---|---|---|---|---|---|"]
+    for world in WORLDS:
+        for r in rows(world):
+            clip = "-" if r["clip"] is None else f"{r['clip']:.1f}"
+            over_clip = "-" if r["clip"] is None else f"{r['image'] / r['clip']:.3f}x"
+            lines.append(f"| {r['world']}, {r['seed']} | {r['text']:.1f} ({r['text_AP']:.1f}) | "
+                         f"{r['ensemble']:.1f} ({r['ensemble_AP']:.1f}) | {r['ensemble'] / r['text']:.2f}x | "
+                         f"{r['image']:.1f} | {clip} | {over_clip} | {r['ms']:.0f} |")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
