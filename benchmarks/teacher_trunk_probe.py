@@ -41,10 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.distill_probe import Head, log, lr_at, top1  # noqa: E402
 from vild.data.detection import DetectionDataset  # noqa: E402
+from vild.errors import VildError  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.regions.store import RegionStore  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
 from vild.model.tower_regions import TowerRegionFeatures  # noqa: E402
+from vild.training.tower_head import teacher_tower  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
@@ -63,11 +65,12 @@ class DenseTeacher:
     pooling and projection for the zero-shot reading."""
 
     def __init__(self, teacher: Teacher) -> None:
-        visual = teacher.model.visual
-        if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "forward_features"):
-            raise SystemExit("this probe needs a timm-towered teacher (the ShapeWorld CNN)")
+        try:
+            _, trunk = teacher_tower(teacher)  # the library's check: a timm tower with a feature map
+        except VildError as e:
+            raise SystemExit(str(e)) from None
         self.teacher = teacher
-        self.trunk, self.projection = visual.trunk.eval(), visual.head.eval()
+        self.trunk, self.projection = trunk.eval(), teacher.model.visual.head.eval()
         probe = self.reader([1.0], grid=1)
         self.map_size, self.stride = probe.map_size, probe.stride  # the map the tower pools on a crop
 
