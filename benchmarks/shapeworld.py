@@ -24,7 +24,8 @@ put the teacher's own image tower into each seed's ViLD-text model and train a d
 head on it from the same store (`vild distill-tower`, `vild.training.tower_head`: the tower's
 features of the stored proposals read once per run, about 7.5 min on 1 thread, then 2000
 steps per seed, 5-10 min), scored alone (ViLD-image, tower head) and ensembled with the text
-head (ViLD-ensemble, tower head); docs/distillation.md section 18. Protocol "scratch" trains every row from
+head (ViLD-ensemble, tower head); docs/distillation.md section 18. The third (ViLD, tower
+head) trains ViLD's one head on the tower, with the text loss as well (section 19). Protocol "scratch" trains every row from
 scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
 the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store,
 rows and evaluations (the RPN recall table stays on the CPU). --jobs J trains up to J rows at
@@ -198,12 +199,17 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
         if args.protocol == "trunk":  # the supervised baseline never shares the base-only trunk
             rows_from = dict(rows_from, init_from=shared["trunk_all"])
         model_dirs["supervised"] = row("supervised", supervised=True, **common, **rows_from)
-    if set(TOWER_ROWS) & set(args.rows):
-        model_dirs["tower"] = seed_dir / "tower"
+    # the tower rows: one model (mode ensemble) scores ViLD-image and the ensemble, one (mode
+    # vild) is ViLD's one head; every seed's heads read the same store through the same tower,
+    # so its features are read once
+    wanted = {"tower": bool({"tower-image", "tower-ensemble"} & set(args.rows)), "tower-vild": "tower-vild" in args.rows}
+    for key, mode in (("tower", "ensemble"), ("tower-vild", "vild")):
+        if not wanted[key]:
+            continue
+        model_dirs[key] = seed_dir / key
         if only in (None, "tower"):
-            # every seed's head reads the same store through the same tower: features read once
-            ensure_tower(seed_dir / "tower", model_dirs["text"], world, teacher, store, seed, args, timings,
-                         shared.setdefault("tower_features", {}), log)
+            ensure_tower(model_dirs[key], model_dirs["text"], world, teacher, store, seed, args, timings,
+                         shared.setdefault("tower_features", {}), log, mode=mode)
     return model_dirs
 
 
@@ -235,6 +241,8 @@ def run_seed(seed: int, args, world: Path, teacher, vocab: dict, text: torch.Ten
             rows[label] = evaluate(model_dirs["text"], method=key)
         elif key == "supervised":
             rows[label] = evaluate(model_dirs["supervised"], mask=torch.ones_like(base_mask))
+        elif key == "tower-vild":
+            rows[label] = evaluate(model_dirs["tower-vild"])
         elif key in TOWER_ROWS:
             rows[label] = evaluate(model_dirs["tower"], method="vild-image" if key == "tower-image" else "native")
         else:

@@ -31,9 +31,10 @@ ROWS = [
     # the distillation head on the teacher's own tower (`vild distill-tower` on the ViLD-text
     # row; docs/distillation.md section 18): ViLD-image and ViLD-ensemble with that head
     ("ViLD-image, tower head", "tower-image"),
+    ("ViLD, tower head", "tower-vild"),
     ("ViLD-ensemble, tower head", "tower-ensemble"),
 ]
-TOWER_ROWS = ("tower-image", "tower-ensemble")
+TOWER_ROWS = ("tower-image", "tower-vild", "tower-ensemble")
 
 
 def aggregate(per_seed: list[dict]) -> dict:

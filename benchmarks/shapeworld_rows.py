@@ -102,12 +102,12 @@ def train_rows_in_parallel(args, script: Path, log) -> None:
 
 
 def ensure_tower(out: Path, text_dir: Path, world: Path, teacher, store: Path, seed: int, args,
-                 timings: dict, feature_cache: dict, log) -> Path:
-    """The seed's ViLD-text row with a distillation head on the teacher's tower (`vild
-    distill-tower`, mode ensemble), unless it exists with the same recipe."""
+                 timings: dict, feature_cache: dict, log, mode: str = "ensemble") -> Path:
+    """The seed's ViLD-text row with a head on the teacher's tower (`vild distill-tower`, mode
+    ensemble or vild), unless it exists with the same recipe."""
     from vild.training.tower_head import TowerHeadConfig, distill_tower
 
-    config = TowerHeadConfig(seed=seed, steps=12 if args.quick else 2000)
+    config = TowerHeadConfig(mode=mode, seed=seed, steps=12 if args.quick else 2000)
     if (out / "model.safetensors").is_file():
         saved = json.loads((out / "tower_head.json").read_text())["recipe"]
         if saved != config.record():

@@ -53,13 +53,13 @@ def main() -> int:
     model = tower_detector(base, val.teacher, TowerHeadConfig(seed=args.seed))
     train = DetectionDataset(val.paths["train_images"], val.paths["train_base"], region_store=str(args.store),
                              with_masks=False)
-    feats, targets, counts = cache_tower_features(model, train, progress=False)
+    cache = cache_tower_features(model, train, progress=False)
     result["seconds_features"] = round(time.perf_counter() - started, 1)
     for text_variant in args.variant or ["steps=2000"]:
         config = TowerHeadConfig(seed=args.seed, **parse_variant(text_variant))
         model = tower_detector(base, val.teacher, config)
         started = time.perf_counter()
-        log = train_tower_head(model, feats, targets, counts, config, progress=False)
+        log = train_tower_head(model, cache, config, progress=False)
         row = {"recipe": config.record(), "seconds_training": round(time.perf_counter() - started, 1),
                "last_loss": log[-1]["loss_distill"]}
         for method in ("vild-image", "vild-ensemble"):

@@ -44,7 +44,7 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert set(rows) == {
         "CLIP on cropped regions", "ViLD-text", "ViLD-image", "ViLD",
         "ViLD-ensemble (w=0.5)", "ViLD-text + CLIP", "Supervised-RFS (base+novel)",
-        "ViLD-image, tower head", "ViLD-ensemble, tower head",
+        "ViLD-image, tower head", "ViLD, tower head", "ViLD-ensemble, tower head",
     }
     for row in rows.values():
         assert {"APr", "APc", "APf", "AP", "box_AP", "ms_per_image"} <= set(row)
@@ -71,6 +71,9 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     tower = json.loads((tmp_path / "work" / "seed0" / "tower" / "model_config.json").read_text())
     assert (tower["mode"], tower["image_head_input"], tower["fpn_channels"]) == ("ensemble", "tower", 32)
     assert json.loads((tmp_path / "work" / "seed0" / "tower" / "tower_head.json").read_text())["recipe"]["seed"] == 0
+    tower_vild = json.loads((tmp_path / "work" / "seed0" / "tower-vild" / "model_config.json").read_text())
+    assert (tower_vild["mode"], tower_vild["image_head_input"]) == ("vild", "tower")
+    assert tower_vild["temperature"] == heads["vild"]["temperature"]  # the teacher's scale, as ViLD's
     stages = meta["stage_seconds"]
     assert {"world", "trunks", "teacher", "region_store", "seed0", "total"} <= set(stages)
     parts = sum(v for k, v in stages.items() if k != "total")

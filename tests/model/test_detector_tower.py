@@ -21,8 +21,7 @@ def tower_model():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(mode="vild"), "needs mode 'image' or 'ensemble'"),
-    (dict(mode="text"), "needs mode 'image' or 'ensemble'"),
+    (dict(mode="text"), "needs mode 'image', 'vild' or 'ensemble'"),
     (dict(mode="ensemble", tower_model=""), "needs tower_model"),
     (dict(mode="ensemble", tower_reads="crops"), "tower_reads"),
     (dict(mode="ensemble", tower_factors=()), "tower_factors"),
@@ -77,6 +76,30 @@ def test_training_loss_moves_the_tower_head_and_never_the_tower(text_embeddings)
     assert all(p.grad is None for p in model.roi_heads.text_head.parameters())
     for k, v in model.tower.state_dict().items():  # frozen BatchNorm statistics too
         torch.testing.assert_close(v, tower_before[k])
+
+
+def test_vilds_one_head_on_the_tower_gives_the_regions_embeddings(tower_model, text_embeddings):
+    """Mode "vild" with the tower: the tower head's embeddings of the refined boxes are the
+    regions' own, scored as ViLD scores (with the background); the RoI head only refines boxes.
+    Its text loss trains on a region store (vild distill-tower), so the training loop refuses."""
+    model = build_detector(dataclasses.replace(tower_model.config, mode="vild")).eval()
+    model.load_state_dict(tower_model.state_dict())
+    images, targets = make_batch(1)
+    batch = model.regions(images)
+    r = batch.regions[0]
+    assert r.image_embeddings is None
+    want = model.roi_heads.tower_embeddings(model.tower_region_features(images, [batch.boxes_in_original(0)]))
+    torch.testing.assert_close(r.embeddings, want, rtol=1e-4, atol=1e-5)
+    ensemble_regions = tower_model.regions(images).regions[0]
+    torch.testing.assert_close(r.boxes, ensemble_regions.boxes)  # the same RoI head refines the boxes
+    torch.testing.assert_close(r.embeddings, ensemble_regions.image_embeddings, rtol=1e-4, atol=1e-5)
+    p = method_probabilities("vild", model.config, model.roi_heads.background, r.embeddings, None, None,
+                             text_embeddings, None)
+    logits = model.config.temperature * r.embeddings @ torch.cat(
+        [torch.nn.functional.normalize(model.roi_heads.background, dim=0)[None], text_embeddings]).T
+    torch.testing.assert_close(p, torch.softmax(logits, -1)[:, 1:])
+    with pytest.raises(ValueError, match="vild distill-tower --mode vild"):
+        model.train()(images, text_embeddings, targets)
 
 
 def test_tower_weights_are_part_of_the_model_state(tower_model):

@@ -15,7 +15,8 @@ from vild.cli import main
 from vild.errors import VildError
 from vild.model.heads import TowerEmbeddingHead
 from vild.training.checkpoint import load_model
-from vild.training.tower_head import TowerHeadConfig, train_tower_head, tower_detector
+from vild.training.tower_head import (
+    TowerFeatures, TowerHeadConfig, proposal_labels, train_tower_head, tower_detector)
 from vild.training.vocabulary import world_paths
 
 
@@ -71,6 +72,58 @@ def test_distill_tower_cli_writes_a_model_that_detects_with_the_teachers_tower(
     assert main(argv) == 1  # a finished folder is never overwritten
 
 
+@pytest.fixture(scope="module")
+def labelled_store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory):
+    """A store whose proposals include each image's labelled boxes, shifted by a pixel (a
+    2-step detector's own proposals rarely overlap them)."""
+    from vild.data.detection import DetectionDataset
+    from vild.regions.embed import embed_regions
+    from vild.teacher import Teacher
+
+    paths = world_paths(tiny_world)
+    dataset = DetectionDataset(paths["train_images"], paths["train_base"], with_masks=False)
+    boxes = iter([dataset[i][1]["boxes"] for i in range(len(dataset))])  # embed_regions goes in order
+    proposer = load_model(text_model).propose
+
+    def with_labelled_boxes(images):
+        out = []
+        for b, s in proposer(images):
+            gt = next(boxes) + 1.0
+            out.append((torch.cat([gt, b]), torch.cat([s.new_ones(len(gt)) * 2, s])))
+        return out
+
+    out = tmp_path_factory.mktemp("store") / "labelled"
+    embed_regions(dataset, with_labelled_boxes, Teacher.load(str(cnn_teacher_dir)), out, num_proposals=12,
+                  progress=False)
+    return out
+
+
+def test_distill_tower_mode_vild_trains_vilds_one_head_on_the_tower(
+        tiny_world, text_model, cnn_teacher_dir, labelled_store, store, tmp_path, capsys):
+    from vild.teacher import Teacher
+
+    out = tmp_path / "tower-vild"
+    argv = ["distill-tower", "--model", str(text_model), "--teacher", str(cnn_teacher_dir), "--world",
+            str(tiny_world), "--region-store", str(store), "--mode", "vild", "--steps", "40", "--factors", "1",
+            "--threads", "1", "--device", "cpu", "--no-progress", "--out", str(out)]
+    assert main(argv) == 1  # none of the 2-step detector's proposals overlaps a labelled box
+    assert "no stored proposal overlaps a labelled box" in capsys.readouterr().err
+    argv[argv.index(str(store))] = str(labelled_store)
+    assert main(argv) == 0
+    model, base = load_model(out), load_model(text_model)
+    scale = float(Teacher.load(str(cnn_teacher_dir)).logit_scale)
+    assert (model.config.mode, model.config.image_head_input) == ("vild", "tower")
+    assert model.config.temperature == pytest.approx(scale)
+    assert model.config.distill_weight == pytest.approx(base.config.distill_weight * scale / base.config.temperature)
+    assert not torch.allclose(model.roi_heads.background, base.roi_heads.background)  # trained with the head
+    record = json.loads((out / "tower_head.json").read_text())
+    assert 0 < record["labelled_proposals"] < record["proposals"]
+    assert {"loss_distill", "loss_classifier"} <= set(record["log"][-1])
+    assert record["log"][-1]["loss_classifier"] < record["log"][0]["loss_classifier"]
+    detections = model([torch.rand(3, 128, 128)], F.normalize(torch.randn(4, 16), dim=-1)).detections[0]
+    assert detections.image_embeddings is None and len(detections.scores) > 0
+
+
 def test_tower_head_fits_the_teacher_embeddings():
     """The head trained by the library's loop fits targets that are a function of the features."""
     torch.manual_seed(0)
@@ -78,15 +131,56 @@ def test_tower_head_fits_the_teacher_embeddings():
     targets = F.normalize(torch.tanh(feats @ torch.randn(32, 16)), dim=-1)
     head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16)
     model = SimpleNamespace(roi_heads=SimpleNamespace(image_head=head),
-                            config=SimpleNamespace(distill_weight=0.5, distill_loss="l1"))
+                            config=SimpleNamespace(distill_weight=0.5, distill_loss="l1", tower_scores_text=False))
     with torch.no_grad():
         before = float((head(feats)[1] * targets).sum(1).mean())
-    log = train_tower_head(model, feats.half(), targets, torch.full((40,), 10),
-                           TowerHeadConfig(steps=300, lr=3e-3, warmup_steps=10), progress=False)
+    cache = TowerFeatures(feats.half(), targets, torch.full((40,), 10), torch.zeros(400, dtype=torch.int64))
+    log = train_tower_head(model, cache, TowerHeadConfig(steps=300, lr=3e-3, warmup_steps=10), progress=False)
     with torch.no_grad():
         after = float((head(feats)[1] * targets).sum(1).mean())
     assert before < 0.3 and after > 0.9, (before, after)
     assert log[-1]["loss_distill"] < log[0]["loss_distill"]
+    assert "loss_classifier" not in log[-1]
+
+
+def test_vilds_one_tower_head_learns_the_labels_and_the_background():
+    """Mode "vild": the text loss trains the head and the background towards the labels
+    (0 = background) while the distillation loss still pulls towards the teacher."""
+    torch.manual_seed(0)
+    feats = torch.randn(400, 32)
+    text = F.normalize(torch.randn(3, 16), dim=-1)
+    labels = (feats[:, :4].argmax(1)).clamp(max=3)  # 0 = background, 1..3 = the categories
+    targets = F.normalize(torch.cat([F.normalize(torch.randn(1, 16), dim=-1), text])[labels]
+                          + 0.1 * torch.randn(400, 16), dim=-1)
+    head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16)
+    background = torch.nn.Parameter(torch.randn(16) * 0.01)
+    model = SimpleNamespace(roi_heads=SimpleNamespace(image_head=head, background=background),
+                            config=SimpleNamespace(distill_weight=0.2, distill_loss="l1", tower_scores_text=True,
+                                                   temperature=20.0))
+    cache = TowerFeatures(feats.half(), targets, torch.full((40,), 10), labels)
+    start = background.detach().clone()
+    log = train_tower_head(model, cache, TowerHeadConfig(mode="vild", steps=300, lr=3e-3, warmup_steps=10),
+                           text_embeddings=text, progress=False)
+    with torch.no_grad():
+        from vild.model.heads import text_logits
+
+        predicted = text_logits(head(feats)[1], text, background, 20.0).argmax(1)
+    assert float((predicted == labels).float().mean()) > 0.9
+    assert not torch.allclose(background.detach(), start)
+    assert log[-1]["loss_classifier"] < log[0]["loss_classifier"]
+    assert log[-1]["loss_distill"] < log[0]["loss_distill"]
+    with pytest.raises(VildError, match="text embeddings"):
+        train_tower_head(model, cache, TowerHeadConfig(mode="vild", steps=1), text_embeddings=text[:2],
+                         progress=False)
+
+
+def test_proposal_labels_follow_the_best_overlapping_box():
+    proposals = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 6], [20, 20, 30, 30], [50, 50, 60, 60.]])
+    boxes = torch.tensor([[0, 0, 10, 10], [21, 21, 30, 30.]])
+    labels = torch.tensor([4, 1])
+    assert proposal_labels(proposals, boxes, labels, 0.5).tolist() == [5, 5, 2, 0]
+    assert proposal_labels(proposals, boxes[:0], labels[:0], 0.5).tolist() == [0, 0, 0, 0]
+    assert proposal_labels(proposals, boxes, labels, 0.7).tolist() == [5, 0, 2, 0]
 
 
 def test_a_teacher_without_a_timm_tower_is_refused(text_model, tiny_teacher_dir):
@@ -107,7 +201,19 @@ def test_train_refuses_a_tower_config_without_a_trained_start(tiny_world, tmp_pa
                        progress=False)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(mode="vild"), "mode"), (dict(steps=0), "positive")])
+def test_train_refuses_vilds_one_head_on_the_tower(tiny_world, tmp_path):
+    from vild.training.loop import train_detector
+
+    model_cfg, train_cfg, data, text = tiny_training(tiny_world, steps=2)
+    model_cfg = dataclasses.replace(model_cfg, mode="vild", image_head_input="tower",
+                                    tower_model="vild_shapeworld_cnn", tower_image_size=32)
+    train_cfg = dataclasses.replace(train_cfg, init_from="some/model")
+    with pytest.raises(VildError, match="distill-tower --mode vild"):
+        train_detector(model_cfg, train_cfg, dataclasses.replace(data, region_store="x"), text, tmp_path / "m",
+                       progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(mode="text"), "mode"), (dict(steps=0), "positive")])
 def test_recipe_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TowerHeadConfig(**kwargs)

@@ -63,8 +63,9 @@ class ViLDConfig:
     ensemble_lambda: float = 2.0 / 3.0
     # What the distillation head reads: "roi" (the detector's RoI features, the paper) or
     # "tower" (a frozen copy of the teacher's image tower, each box read from the image
-    # upsampled to bring it nearest the tower's crop size: `vild.model.tower_regions`; modes
-    # "image" and "ensemble"; docs/distillation.md sections 17-18). The tower is the timm model
+    # upsampled to bring it nearest the tower's crop size: `vild.model.tower_regions`;
+    # docs/distillation.md sections 17-19). In mode "vild" that head is ViLD's one head: it also
+    # takes the text loss and its embeddings are the regions' own. The tower is the timm model
     # `tower_model` built with num_classes=0, its weights saved with the detector's.
     image_head_input: str = "roi"
     tower_model: str = ""
@@ -102,9 +103,9 @@ class ViLDConfig:
         if self.image_head_input not in IMAGE_HEAD_INPUTS:
             raise ValueError(f"image_head_input must be one of {IMAGE_HEAD_INPUTS}, got {self.image_head_input!r}")
         if self.image_head_input == "tower":
-            if self.mode not in ("image", "ensemble"):
-                raise ValueError("a tower-fed distillation head needs mode 'image' or 'ensemble' (in mode "
-                                 f"{self.mode!r} one head also takes the text loss on RoI features)")
+            if self.mode == "text":
+                raise ValueError("a tower-fed head needs mode 'image', 'vild' or 'ensemble' (mode 'text' "
+                                 "has no distillation head)")
             if not self.tower_model:
                 raise ValueError("image_head_input 'tower' needs tower_model (the teacher tower's timm name)")
             if self.tower_reads not in ("refined", "proposals"):
@@ -123,5 +124,11 @@ class ViLDConfig:
     @property
     def separate_image_head(self) -> bool:
         """The distillation loss has a head of its own (its embeddings are the regions'
-        `image_embeddings`): ViLD-ensemble's second head, or any tower-fed head."""
-        return self.mode == "ensemble" or self.image_head_input == "tower"
+        `image_embeddings`): ViLD-ensemble's second head, or ViLD-image's tower-fed head. (ViLD's
+        one head on the tower gives the regions' `embeddings` themselves.)"""
+        return self.mode == "ensemble" or (self.image_head_input == "tower" and self.mode == "image")
+
+    @property
+    def tower_scores_text(self) -> bool:
+        """ViLD's one head reads the tower: the RoI head then only refines boxes."""
+        return self.image_head_input == "tower" and self.mode == "vild"

@@ -213,7 +213,11 @@ class ViLDDetector(nn.Module):
             # the teacher embeds the refined boxes in CLIP on crops; the tower head reads them too
             read = [b for b, _, _ in outputs] if self.config.tower_reads == "refined" else proposals
             tower = self.roi_heads.tower_embeddings(self._tower_features(image_list, read))
-            outputs = [(b, e, t) for (b, e, _), t in zip(outputs, tower.split([len(r) for r in read]))]
+            tower = tower.split([len(r) for r in read])
+            if self.config.tower_scores_text:  # ViLD's one head: the tower's embeddings are the regions'
+                outputs = [(b, t, None) for (b, _, _), t in zip(outputs, tower)]
+            else:
+                outputs = [(b, e, t) for (b, e, _), t in zip(outputs, tower)]
         regions = [
             Regions(boxes=b, objectness=o, embeddings=e, image_embeddings=ie)
             for (b, e, ie), o in zip(outputs, proposal_scores)

@@ -112,6 +112,9 @@ class ViLDRoIHeads(nn.Module):
         """tower_distill: the tower's features of every image's distill_boxes, in order
         (a tower-fed distillation head only)."""
         cfg = self.config
+        if cfg.tower_scores_text:
+            raise ValueError("ViLD's one head on the teacher's tower trains on a region store with "
+                             "vild distill-tower --mode vild, not in the detector's training loop")
         rois, matched, labels, reg_targets = self.sample_rois(proposals, targets)
         box_features = self.box_roi_pool(features, rois, image_sizes)
         head_features, embeddings = self.text_head(box_features)
@@ -184,7 +187,8 @@ class ViLDRoIHeads(nn.Module):
         return outputs
 
     def tower_embeddings(self, tower_features: torch.Tensor) -> torch.Tensor:
-        """The tower-fed distillation head's embeddings [N, D] of tower features [N, F]."""
+        """The tower-fed head's embeddings [N, D] of tower features [N, F] (the distillation
+        head's; in mode "vild" the one head's, which also scores against the text)."""
         return self.image_head(tower_features)[1]
 
     def class_probabilities(

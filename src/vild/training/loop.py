@@ -220,6 +220,9 @@ def train_detector(
     if model_config.image_head_input == "tower" and not train_config.init_from:
         raise VildError("a tower-fed distillation head starts from a trained detector and the teacher's tower: "
                         "run vild distill-tower on the trained model (or --init from a tower model)")
+    if model_config.tower_scores_text:
+        raise VildError("ViLD's one head on the teacher's tower trains on a region store: run "
+                        "vild distill-tower --mode vild on a trained detector")
     if model_config.uses_distillation and not data.region_store:
         raise VildError(f"mode {model_config.mode!r} distils: give a region store (vild embed-regions)")
     device = D.resolve_device(device)

@@ -12,8 +12,10 @@ def register(subparsers) -> None:
         description="Put a frozen copy of the teacher's image tower into a trained detector and "
         "train a distillation head on it, towards the region store's teacher embeddings (no "
         "labels). Mode ensemble keeps the detector's text head and ensembles it with the tower "
-        "head (ViLD-ensemble); mode image scores with the tower head alone (ViLD-image). Boxes "
-        "and masks stay the detector's. See docs/distillation.md section 18.",
+        "head (ViLD-ensemble); mode image scores with the tower head alone (ViLD-image); mode "
+        "vild makes it ViLD's one head, which also takes the text loss on the base categories "
+        "the annotations label (each stored proposal labelled by the box it overlaps). Boxes "
+        "and masks stay the detector's. See docs/distillation.md sections 18-19.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="a trained model folder or registered name (e.g. a ViLD-text model)")
@@ -21,9 +23,10 @@ def register(subparsers) -> None:
                    "tower must be a timm model with a feature map")
     p.add_argument("--world", help="a ShapeWorld-OV world directory (its training images)")
     p.add_argument("--images", help="training images folder")
-    p.add_argument("--annotations", help="annotation file listing the training images (labels are not used)")
+    p.add_argument("--annotations", help="annotation file listing the training images (labels are used "
+                   "by mode vild alone)")
     p.add_argument("--region-store", required=True, help="teacher embeddings of the images' proposals (vild embed-regions)")
-    p.add_argument("--mode", choices=["ensemble", "image"], default="ensemble")
+    p.add_argument("--mode", choices=["ensemble", "image", "vild"], default="ensemble")
     p.add_argument("--factors", type=float, nargs="+", help="image upsampling factors the tower reads "
                    "(default 1 1.5 2 3 4 6)")
     p.add_argument("--steps", type=int, default=2000)

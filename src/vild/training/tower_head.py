@@ -9,7 +9,12 @@ weights and the teacher's tower into one model (mode "ensemble": the detector's 
 the tower head; mode "image": the tower head alone, boxes and masks still the detector's),
 `cache_tower_features` reads the tower once per training image at the region store's
 proposals, and `train_tower_head` fits the head to the stored teacher embeddings with the
-model's distillation loss. No labels are used: only proposals and their teacher embeddings.
+model's distillation loss. Modes "image" and "ensemble" use no labels: only proposals and
+their teacher embeddings. Mode "vild" makes the tower head ViLD's one head (docs/distillation.md
+section 19): it also takes the text loss, a cross-entropy against the base categories' text
+embeddings and the background, each stored proposal labelled by the base box it overlaps
+(IoU >= the config's roi_fg_iou_thresh) or background, as the detector's RoI sampling labels
+them; the regions' embeddings are then its own and the RoI head only refines boxes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from tqdm import tqdm
 
 from vild.errors import VildError
 from vild.model import ViLDDetector, build_detector
-from vild.model.losses import distillation_loss
+from vild.model.heads import text_logits
+from vild.model.losses import classification_loss, distillation_loss
 from vild.model.tower_regions import DEFAULT_FACTORS
 from vild.training.config import TrainConfig, learning_rate
 
 TOWER_PREFIXES = ("tower.", "roi_heads.image_head.")
+TOWER_MODES = ("image", "vild", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,8 @@ class TowerHeadConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("image", "ensemble"):
-            raise ValueError(f"mode must be 'image' or 'ensemble', got {self.mode!r}")
+        if self.mode not in TOWER_MODES:
+            raise ValueError(f"mode must be one of {TOWER_MODES}, got {self.mode!r}")
         if self.steps <= 0 or self.images_per_step <= 0 or self.lr <= 0:
             raise ValueError("steps, images_per_step and lr must be positive")
 
@@ -73,7 +80,9 @@ def teacher_tower(teacher) -> tuple[str, torch.nn.Module]:
 
 def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLDDetector:
     """`base`'s weights and the teacher's tower in a detector whose distillation head reads the
-    tower (a fresh head, seeded by config.seed). The image temperature becomes the teacher's."""
+    tower (a fresh head, seeded by config.seed). The image temperature becomes the teacher's; in
+    mode "vild" the one head's temperature too, and its distillation weight moves with it as
+    `vild.training.presets.at_teacher_scale` moves ViLD's (docs/distillation.md section 11)."""
     name, trunk = teacher_tower(teacher)
     if base.config.embed_dim != teacher.embed_dim:
         raise VildError(f"the detector's embeddings are {base.config.embed_dim}-d, the teacher's "
@@ -83,6 +92,9 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
                   tower_std=tuple(teacher.std.flatten().tolist()), tower_factors=tuple(config.factors),
                   tower_box_scales=tuple(config.box_scales), tower_grid=config.grid,
                   tower_fc_dims=tuple(config.fc_dims), image_temperature=float(teacher.logit_scale))
+    if config.mode == "vild":
+        scale = float(teacher.logit_scale)
+        cfg = replace(cfg, temperature=scale, distill_weight=base.config.distill_weight * scale / base.config.temperature)
     torch.manual_seed(config.seed)
     model = build_detector(cfg)
     state = {k: v for k, v in base.state_dict().items() if not k.startswith(TOWER_PREFIXES)}
@@ -97,40 +109,81 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
     return model.eval()
 
 
+@dataclass(frozen=True)
+class TowerFeatures:
+    """The tower's features of a region store's proposals, read once (`cache_tower_features`).
+
+    features [N, F] fp16, targets [N, D] the teacher embeddings, counts [images] proposals per
+    image (rows in image order), labels [N] 0 = background or k + 1 = the dataset's label k."""
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    counts: torch.Tensor
+    labels: torch.Tensor
+
+
+def proposal_labels(proposals: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+                    fg_iou: float) -> torch.Tensor:
+    """[P] labels of proposals [P, 4]: 1 + the label of the box [G, 4] they overlap most when
+    IoU >= fg_iou, else 0 (background), as the detector's RoI sampling labels them."""
+    from torchvision.ops import box_iou
+
+    out = torch.zeros(len(proposals), dtype=torch.int64)
+    if len(proposals) and len(boxes):
+        iou, best = box_iou(proposals.float(), boxes.float()).max(1)
+        hit = iou >= fg_iou
+        out[hit] = labels.to(torch.int64)[best[hit]] + 1
+    return out
+
+
 @torch.no_grad()
 def cache_tower_features(model: ViLDDetector, dataset, *, max_images: int | None = None, batch_images: int = 8,
-                         progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The tower's features (fp16) of every stored proposal of the dataset's images, their
-    teacher embeddings and the number per image: -> (features [N, F], targets [N, D], counts
-    [images]). `dataset`: a `DetectionDataset` with a region store and no augmentation."""
+                         progress: bool = True) -> TowerFeatures:
+    """The tower's features of every stored proposal of the dataset's images, with their
+    teacher embeddings and labels. `dataset`: a `DetectionDataset` with a region store and no
+    augmentation."""
     if dataset.region_store is None:
         raise VildError("caching tower features needs a dataset with a region store")
     device = next(model.parameters()).device
+    fg_iou = model.config.roi_fg_iou_thresh
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    feats, targets, counts = [], [], []
+    feats, targets, counts, labels = [], [], [], []
     for start in tqdm(range(0, count, batch_images), disable=not progress, desc="tower features", unit="batch"):
         items = [dataset[i] for i in range(start, min(start + batch_images, count))]
         images = [image.to(device) for image, _ in items]
         boxes = [t["distill_boxes"] for _, t in items]
         feats.append(model.tower_region_features(images, boxes).half().cpu())
         targets += [t["distill_embeddings"].float() for _, t in items]
+        labels += [proposal_labels(t["distill_boxes"], t["boxes"], t["labels"], fg_iou) for _, t in items]
         counts += [len(b) for b in boxes]
     if not sum(counts):
         raise VildError("the region store holds no proposals of these images (vild embed-regions)")
-    return torch.cat(feats), torch.cat(targets), torch.tensor(counts)
+    return TowerFeatures(torch.cat(feats), torch.cat(targets), torch.tensor(counts), torch.cat(labels))
 
 
-def train_tower_head(model: ViLDDetector, feats: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor,
-                     config: TowerHeadConfig, *, progress: bool = True) -> list[dict]:
+def train_tower_head(model: ViLDDetector, cache: TowerFeatures, config: TowerHeadConfig, *,
+                     text_embeddings: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
     """Fit `model`'s tower head to the teacher embeddings (its distillation loss and weight),
-    in place; each step draws config.images_per_step images. -> loss log every 100 steps."""
+    in place; each step draws config.images_per_step images. In mode "vild" the head also takes
+    the text loss against `text_embeddings` [C, D] (the categories of the cache's labels) and
+    the background, which trains with it. -> loss log every 100 steps."""
     head = model.roi_heads.image_head
+    with_text = model.config.tower_scores_text
+    if with_text and (text_embeddings is None or text_embeddings.shape[0] < int(cache.labels.max())):
+        raise VildError("ViLD's one head on the tower needs the text embeddings of every labelled category")
+    if with_text and not bool((cache.labels > 0).any()):
+        raise VildError("no stored proposal overlaps a labelled box: the text loss would learn the background "
+                        "alone (embed the regions with a trained detector's proposals)")
     device = next(head.parameters()).device
     schedule = config.schedule()
+    counts = cache.counts
     starts = torch.cumsum(counts, 0) - counts
     with_rows = torch.where(counts > 0)[0]
     gen = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = list(head.parameters()) + ([model.roi_heads.background] if with_text else [])
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if with_text:
+        text_embeddings = text_embeddings.float().to(device)
     head.train()
     log = []
     for step in tqdm(range(config.steps), disable=not progress, desc="tower head", unit="step"):
@@ -138,14 +191,17 @@ def train_tower_head(model: ViLDDetector, feats: torch.Tensor, targets: torch.Te
             group["lr"] = learning_rate(schedule, step)
         pick = with_rows[torch.randint(len(with_rows), (config.images_per_step,), generator=gen)]
         rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in pick])
-        _, student = head(feats[rows].to(device).float())
-        loss = model.config.distill_weight * distillation_loss(student, targets[rows].to(device),
-                                                                model.config.distill_loss)
+        _, student = head(cache.features[rows].to(device).float())
+        losses = {"loss_distill": model.config.distill_weight * distillation_loss(
+            student, cache.targets[rows].to(device), model.config.distill_loss)}
+        if with_text:
+            logits = text_logits(student, text_embeddings, model.roi_heads.background, model.config.temperature)
+            losses["loss_classifier"] = classification_loss(logits, cache.labels[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sum(losses.values()).backward()
         optimizer.step()
         if step % 100 == 0 or step == config.steps - 1:
-            log.append({"step": step, "loss_distill": round(float(loss.detach()), 5)})
+            log.append({"step": step, **{k: round(float(v.detach()), 5) for k, v in losses.items()}})
     head.eval()
     return log
 
@@ -157,7 +213,9 @@ def distill_tower(base_folder, teacher, images, annotations, region_store, out, 
     folder at `out` whose distillation head reads the teacher's tower (its vocabulary is the
     base folder's). tower_head.json records the recipe, the sources and the loss log.
     feature_cache: a dict kept by a caller that trains several heads (seeds) on the same
-    store and tower: their cached features are read once."""
+    store and tower: their cached features are read once. In mode "vild" the categories that
+    `annotations` labels are the text loss's classes, embedded as the base folder's vocabulary
+    embeds them (or, when it has none, by the teacher as `vild train` embeds them)."""
     import json
     import shutil
     import time
@@ -165,33 +223,43 @@ def distill_tower(base_folder, teacher, images, annotations, region_store, out, 
 
     from vild.data.detection import DetectionDataset
     from vild.io import atomic_write_text
-    from vild.training.checkpoint import load_model, save_model
+    from vild.training.checkpoint import load_model, load_vocabulary, save_model
     from vild.training.finetune import check_region_store
     from vild.training.model_files import MODEL_WEIGHTS, TEXT_EMBEDDINGS, VOCABULARY
+    from vild.training.vocabulary import dataset_vocabulary, labelled_category_ids, subset, text_embeddings_for
 
     base_folder, out = Path(base_folder), Path(out)
     if (out / MODEL_WEIGHTS).exists():
         raise VildError(f"{out} already holds a model; give another --out")
     base = load_model(base_folder)
     check_region_store(region_store, teacher, base.config.embed_dim)
+    vocabulary, all_text = load_vocabulary(base_folder, base.config.embed_dim, required=False)
+    if vocabulary is None and config.mode == "vild":
+        vocabulary = dataset_vocabulary(annotations)
+        all_text = text_embeddings_for(teacher, vocabulary)
+    category_ids = labelled_category_ids(annotations, vocabulary) if vocabulary is not None else None
     started = time.perf_counter()
     model = tower_detector(base, teacher, config).to(device)
-    key = (str(region_store), str(images), teacher.identity, config.factors, config.box_scales, config.grid, max_images)
+    key = (str(region_store), str(images), str(annotations), tuple(category_ids or ()), teacher.identity,
+           config.factors, config.box_scales, config.grid, max_images)
     if feature_cache is not None and key in feature_cache:
-        feats, targets, counts = feature_cache[key]
+        cache = feature_cache[key]
     else:
-        dataset = DetectionDataset(images, annotations, region_store=str(region_store), with_masks=False)
-        feats, targets, counts = cache_tower_features(model, dataset, max_images=max_images, progress=progress)
+        dataset = DetectionDataset(images, annotations, category_ids=category_ids, region_store=str(region_store),
+                                   with_masks=False)
+        cache = cache_tower_features(model, dataset, max_images=max_images, progress=progress)
         if feature_cache is not None:
-            feature_cache[key] = (feats, targets, counts)
+            feature_cache[key] = cache
     cached = time.perf_counter()
-    log = train_tower_head(model, feats, targets, counts, config, progress=progress)
+    text = all_text[subset(vocabulary, category_ids)] if config.mode == "vild" else None
+    log = train_tower_head(model, cache, config, text_embeddings=text, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     for name in (VOCABULARY, TEXT_EMBEDDINGS):
         if (base_folder / name).is_file():
             shutil.copyfile(base_folder / name, out / name)
     record = {"base_model": str(base_folder), "teacher": teacher.name, "teacher_identity": teacher.identity,
-              "region_store": str(region_store), "images": int(len(counts)), "proposals": int(counts.sum()),
+              "region_store": str(region_store), "images": int(len(cache.counts)),
+              "proposals": int(cache.counts.sum()), "labelled_proposals": int((cache.labels > 0).sum()),
               "recipe": config.record(),
               "seconds_features": round(cached - started, 1),
               "seconds_training": round(time.perf_counter() - cached, 1), "log": log}
