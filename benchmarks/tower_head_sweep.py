@@ -59,7 +59,8 @@ def main() -> int:
         config = TowerHeadConfig(seed=args.seed, **parse_variant(text_variant))
         model = tower_detector(base, val.teacher, config)
         started = time.perf_counter()
-        log = train_tower_head(model, cache, config, progress=False)
+        log = train_tower_head(model, cache, config, weights=cache.rarity_weights(args.store, config.rarity),
+                               progress=False)
         row = {"recipe": config.record(), "seconds_training": round(time.perf_counter() - started, 1),
                "last_loss": log[-1]["loss_distill"]}
         for method in ("vild-image", "vild-ensemble"):

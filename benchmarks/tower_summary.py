@@ -1,9 +1,11 @@
 """The tower-head rows against the issue-14 targets, per world and seed, as a markdown table.
 
-    python benchmarks/tower_summary.py   # reads benchmarks/results/tower/<world>/shapeworld.json
+    python benchmarks/tower_summary.py   # reads benchmarks/results/tower{,-vild}/<world>/shapeworld.json
 
 Ratios are to the same run's ViLD-text row and to CLIP on crops of the same ViLD-text model's
-regions (benchmarks/results/teacher_trunk/rows_<world>_seed<S>.json, section 17's runs).
+regions (benchmarks/results/teacher_trunk/rows_<world>_seed<S>.json, section 17's runs). The
+second table is ViLD's one head on the tower (the "ViLD, tower head" row; section 19), from its
+own runs (`--rows text tower-vild --results benchmarks/results/tower-vild/<world>`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,32 @@ def rows(world: str) -> list[dict]:
     return out
 
 
+def vild_rows(world: str) -> list[dict]:
+    path = RESULTS / "tower-vild" / world / "shapeworld.json"
+    if not path.is_file():
+        return []
+    out = []
+    for seed, entry in enumerate(json.loads(path.read_text())["per_seed"]):
+        text, vild = entry["rows"]["ViLD-text"], entry["rows"]["ViLD, tower head"]
+        out.append({"world": world, "seed": seed, "text": text["APr"], "text_AP": text["AP"], "vild": vild["APr"],
+                    "vild_AP": vild["AP"], "ms": vild["ms_per_image"]})
+    return out
+
+
+def vild_table() -> list[str]:
+    lines = ["| world, seed | ViLD-text APr (AP) | ViLD, tower head APr (AP) | / ViLD-text | ms per image |",
+             "|---|---|---|---|---|"]
+    for world in WORLDS:
+        found = vild_rows(world)
+        for r in found:
+            lines.append(f"| {r['world']}, {r['seed']} | {r['text']:.1f} ({r['text_AP']:.1f}) | "
+                         f"{r['vild']:.1f} ({r['vild_AP']:.1f}) | {r['vild'] / r['text']:.2f}x | {r['ms']:.0f} |")
+        if found:
+            text, vild = (sum(r[k] for r in found) / len(found) for k in ("text", "vild"))
+            lines.append(f"| {world}, mean | {text:.1f} | {vild:.1f} | {vild / text:.2f}x | |")
+    return lines
+
+
 def main() -> int:
     lines = ["| world, seed | ViLD-text APr (AP) | ViLD-ensemble, tower head APr (AP) | / ViLD-text | "
              "ViLD-image, tower head APr | CLIP on crops APr | / CLIP | ms per image |",
@@ -43,7 +71,7 @@ def main() -> int:
             lines.append(f"| {r['world']}, {r['seed']} | {r['text']:.1f} ({r['text_AP']:.1f}) | "
                          f"{r['ensemble']:.1f} ({r['ensemble_AP']:.1f}) | {r['ensemble'] / r['text']:.2f}x | "
                          f"{r['image']:.1f} | {clip} | {over_clip} | {r['ms']:.0f} |")
-    print("\n".join(lines))
+    print("\n".join(lines + [""] + vild_table()))
     return 0
 
 

@@ -124,6 +124,23 @@ def test_distill_tower_mode_vild_trains_vilds_one_head_on_the_tower(
     assert detections.image_embeddings is None and len(detections.scores) > 0
 
 
+def test_rarity_weights_follow_the_cached_rows():
+    """Each cached row takes its own proposal's weight, computed on the whole store."""
+    from vild.regions.rarity import rarity_weights
+
+    torch.manual_seed(0)
+    dense = F.normalize(torch.ones(4, 8) + 0.01 * torch.randn(4, 8), dim=-1)  # one frequent look
+    embeddings = {5: dense, 3: F.normalize(torch.randn(2, 8), dim=-1), 9: F.normalize(torch.randn(3, 8), dim=-1)}
+    store = SimpleNamespace(image_ids=[3, 5, 9], get=lambda i: (None, None, embeddings[i]))
+    cache = TowerFeatures(torch.zeros(9, 4), torch.zeros(9, 8), torch.tensor([4, 2, 3]),
+                          torch.zeros(9, dtype=torch.int64), (5, 3, 9))
+    assert cache.rarity_weights(store, 0.0) is None
+    weights = cache.rarity_weights(store, 1.0)
+    by_image = rarity_weights(store, power=1.0)
+    torch.testing.assert_close(weights, torch.cat([by_image[5], by_image[3], by_image[9]]))
+    assert weights[:4].max() < weights[4:].min()  # the frequent look counts less
+
+
 def test_tower_head_fits_the_teacher_embeddings():
     """The head trained by the library's loop fits targets that are a function of the features."""
     torch.manual_seed(0)
@@ -141,6 +158,14 @@ def test_tower_head_fits_the_teacher_embeddings():
     assert before < 0.3 and after > 0.9, (before, after)
     assert log[-1]["loss_distill"] < log[0]["loss_distill"]
     assert "loss_classifier" not in log[-1]
+    # per-row weights scale each row's term (all twos: the first step's loss doubles)
+    first = []
+    for weights in (None, torch.full((400,), 2.0)):
+        torch.manual_seed(1)
+        model.roi_heads.image_head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16)
+        first.append(train_tower_head(model, cache, TowerHeadConfig(steps=1), weights=weights,
+                                      progress=False)[0]["loss_distill"])
+    assert first[1] == pytest.approx(2 * first[0], rel=1e-3)
 
 
 def test_vilds_one_tower_head_learns_the_labels_and_the_background():
@@ -213,7 +238,8 @@ def test_train_refuses_vilds_one_head_on_the_tower(tiny_world, tmp_path):
                        progress=False)
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(mode="text"), "mode"), (dict(steps=0), "positive")])
+@pytest.mark.parametrize("kwargs, message", [(dict(mode="text"), "mode"), (dict(steps=0), "positive"),
+                                                      (dict(rarity=-1.0), "rarity")])
 def test_recipe_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TowerHeadConfig(**kwargs)

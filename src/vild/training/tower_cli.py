@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--factors", type=float, nargs="+", help="image upsampling factors the tower reads "
                    "(default 1 1.5 2 3 4 6)")
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--rarity", type=float, default=0.0, help="power of the label-free rarity weights of the "
+                   "distillation loss (vild.regions.rarity; 0: uniform)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, help="read at most this many training images")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -56,7 +58,7 @@ def run(args) -> int:
     teacher = Teacher.load(args.teacher or _init_teacher(folder))
     extra = {"factors": tuple(args.factors)} if args.factors else {}
     try:
-        config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, **extra)
+        config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, rarity=args.rarity, **extra)
     except ValueError as e:
         raise VildError(str(e)) from None
     device = resolve_device(args.device)

@@ -51,12 +51,15 @@ class TowerHeadConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 50
     seed: int = 0
+    rarity: float = 0.0  # power of the label-free rarity weights (`vild.regions.rarity`); 0: uniform
 
     def __post_init__(self) -> None:
         if self.mode not in TOWER_MODES:
             raise ValueError(f"mode must be one of {TOWER_MODES}, got {self.mode!r}")
         if self.steps <= 0 or self.images_per_step <= 0 or self.lr <= 0:
             raise ValueError("steps, images_per_step and lr must be positive")
+        if self.rarity < 0:
+            raise ValueError(f"rarity is a power >= 0, got {self.rarity}")
 
     def record(self) -> dict:
         """As saved in tower_head.json (JSON types: tuples as lists)."""
@@ -114,12 +117,26 @@ class TowerFeatures:
     """The tower's features of a region store's proposals, read once (`cache_tower_features`).
 
     features [N, F] fp16, targets [N, D] the teacher embeddings, counts [images] proposals per
-    image (rows in image order), labels [N] 0 = background or k + 1 = the dataset's label k."""
+    image (rows in image order), labels [N] 0 = background or k + 1 = the dataset's label k,
+    image_ids [images] the images' ids."""
 
     features: torch.Tensor
     targets: torch.Tensor
     counts: torch.Tensor
     labels: torch.Tensor
+    image_ids: tuple[int, ...] = ()
+
+    def rarity_weights(self, store, power: float) -> torch.Tensor | None:
+        """[N] label-free rarity weights of the rows (`vild.regions.rarity`, computed on the
+        whole store as `vild train` computes them), or None for power 0 (uniform)."""
+        if not power:
+            return None
+        from vild.regions import RegionStore
+        from vild.regions.rarity import rarity_weights
+
+        store = RegionStore(store) if not hasattr(store, "image_ids") else store
+        weights = rarity_weights(store, power=power)
+        return torch.cat([weights.get(i, torch.ones(int(n))) for i, n in zip(self.image_ids, self.counts)])
 
 
 def proposal_labels(proposals: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
@@ -147,7 +164,7 @@ def cache_tower_features(model: ViLDDetector, dataset, *, max_images: int | None
     device = next(model.parameters()).device
     fg_iou = model.config.roi_fg_iou_thresh
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    feats, targets, counts, labels = [], [], [], []
+    feats, targets, counts, labels, ids = [], [], [], [], []
     for start in tqdm(range(0, count, batch_images), disable=not progress, desc="tower features", unit="batch"):
         items = [dataset[i] for i in range(start, min(start + batch_images, count))]
         images = [image.to(device) for image, _ in items]
@@ -156,15 +173,18 @@ def cache_tower_features(model: ViLDDetector, dataset, *, max_images: int | None
         targets += [t["distill_embeddings"].float() for _, t in items]
         labels += [proposal_labels(t["distill_boxes"], t["boxes"], t["labels"], fg_iou) for _, t in items]
         counts += [len(b) for b in boxes]
+        ids += [int(t["image_id"]) for _, t in items]
     if not sum(counts):
         raise VildError("the region store holds no proposals of these images (vild embed-regions)")
-    return TowerFeatures(torch.cat(feats), torch.cat(targets), torch.tensor(counts), torch.cat(labels))
+    return TowerFeatures(torch.cat(feats), torch.cat(targets), torch.tensor(counts), torch.cat(labels), tuple(ids))
 
 
 def train_tower_head(model: ViLDDetector, cache: TowerFeatures, config: TowerHeadConfig, *,
-                     text_embeddings: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
-    """Fit `model`'s tower head to the teacher embeddings (its distillation loss and weight),
-    in place; each step draws config.images_per_step images. In mode "vild" the head also takes
+                     text_embeddings: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+                     progress: bool = True) -> list[dict]:
+    """Fit `model`'s tower head to the teacher embeddings (its distillation loss and weight,
+    each row's term scaled by `weights` [N] when given: `TowerFeatures.rarity_weights`), in
+    place; each step draws config.images_per_step images. In mode "vild" the head also takes
     the text loss against `text_embeddings` [C, D] (the categories of the cache's labels) and
     the background, which trains with it. -> loss log every 100 steps."""
     head = model.roi_heads.image_head
@@ -193,7 +213,8 @@ def train_tower_head(model: ViLDDetector, cache: TowerFeatures, config: TowerHea
         rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in pick])
         _, student = head(cache.features[rows].to(device).float())
         losses = {"loss_distill": model.config.distill_weight * distillation_loss(
-            student, cache.targets[rows].to(device), model.config.distill_loss)}
+            student, cache.targets[rows].to(device), model.config.distill_loss,
+            None if weights is None else weights[rows].to(device))}
         if with_text:
             logits = text_logits(student, text_embeddings, model.roi_heads.background, model.config.temperature)
             losses["loss_classifier"] = classification_loss(logits, cache.labels[rows].to(device))
@@ -252,7 +273,8 @@ def distill_tower(base_folder, teacher, images, annotations, region_store, out, 
             feature_cache[key] = cache
     cached = time.perf_counter()
     text = all_text[subset(vocabulary, category_ids)] if config.mode == "vild" else None
-    log = train_tower_head(model, cache, config, text_embeddings=text, progress=progress)
+    log = train_tower_head(model, cache, config, text_embeddings=text,
+                           weights=cache.rarity_weights(region_store, config.rarity), progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     for name in (VOCABULARY, TEXT_EMBEDDINGS):
         if (base_folder / name).is_file():
