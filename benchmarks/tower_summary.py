@@ -18,13 +18,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORLDS = ("default", "s7", "s11", "s13")
 
 
+def per_seed(folder: str, world: str) -> list[dict]:
+    """Each seed's rows of benchmarks/results/<folder>/<world>/shapeworld.json (none if absent)."""
+    path = RESULTS / folder / world / "shapeworld.json"
+    return [entry["rows"] for entry in json.loads(path.read_text())["per_seed"]] if path.is_file() else []
+
+
 def rows(world: str) -> list[dict]:
-    path = RESULTS / "tower" / world / "shapeworld.json"
-    if not path.is_file():
-        return []
     out = []
-    for seed, entry in enumerate(json.loads(path.read_text())["per_seed"]):
-        r = entry["rows"]
+    for seed, r in enumerate(per_seed("tower", world)):
         clip_file = RESULTS / "teacher_trunk" / f"rows_{world}_seed{seed}.json"
         clip = json.loads(clip_file.read_text())["rows"]["CLIP on cropped regions"]["APr"] if clip_file.is_file() else None
         text, image, ens = r["ViLD-text"], r["ViLD-image, tower head"], r["ViLD-ensemble, tower head"]
@@ -35,15 +37,10 @@ def rows(world: str) -> list[dict]:
 
 
 def vild_rows(world: str) -> list[dict]:
-    path = RESULTS / "tower-vild" / world / "shapeworld.json"
-    if not path.is_file():
-        return []
-    out = []
-    for seed, entry in enumerate(json.loads(path.read_text())["per_seed"]):
-        text, vild = entry["rows"]["ViLD-text"], entry["rows"]["ViLD, tower head"]
-        out.append({"world": world, "seed": seed, "text": text["APr"], "text_AP": text["AP"], "vild": vild["APr"],
-                    "vild_AP": vild["AP"], "ms": vild["ms_per_image"]})
-    return out
+    return [{"world": world, "seed": seed, "text": r["ViLD-text"]["APr"], "text_AP": r["ViLD-text"]["AP"],
+             "vild": r["ViLD, tower head"]["APr"], "vild_AP": r["ViLD, tower head"]["AP"],
+             "ms": r["ViLD, tower head"]["ms_per_image"]}
+            for seed, r in enumerate(per_seed("tower-vild", world))]
 
 
 def vild_table() -> list[str]:
