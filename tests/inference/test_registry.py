@@ -213,3 +213,22 @@ def test_teacher_override_and_folder_without_detector_json(copy, model_dir):
     det2 = Detector.from_pretrained(str(copy), teacher=str(copy.parent / "teacher"))
     assert det2.info()["teacher"] == str(copy.parent / "teacher")
     assert det2.name == "model"
+
+
+def test_shipped_tower_model_loads_by_name_and_detects():
+    """The bundled tower model: its tower is the bundled teacher's own image tower, it finds
+    objects in a shipped example, and all shipped assets stay within the package limit."""
+    from vild.inference.registry import BUNDLE_LIMIT_BYTES, REGISTRY, TOWER_MODEL, assets_dir, is_installed
+
+    if not is_installed(REGISTRY[TOWER_MODEL]):
+        pytest.skip("the bundled tower model is not installed in this checkout")
+    det = Detector.from_pretrained(TOWER_MODEL)
+    config = det.model.config
+    assert (config.mode, config.image_head_input) == ("ensemble", "tower")
+    trunk = det.teacher.model.visual.trunk.state_dict()
+    for k, v in det.model.tower.trunk.state_dict().items():
+        torch.testing.assert_close(v, trunk[k].to(v.dtype), rtol=1e-3, atol=1e-3)
+    found = det.detect(det.examples[0], threshold=0.3)[0]
+    assert len(found) >= 6, "the bundled tower model finds too little in its own example"
+    shipped = sum(p.stat().st_size for p in assets_dir().rglob("*") if p.is_file())
+    assert shipped <= BUNDLE_LIMIT_BYTES

@@ -22,6 +22,10 @@ Registered names:
 * ``shapeworld-vild-ensemble`` (the default): shipped inside the package under
   ``vild/assets/models/`` with its teacher under ``vild/assets/teachers/`` and example images
   under ``vild/assets/examples/``; `bundle_model` writes them.
+* ``shapeworld-vild-tower``: bundled beside it, the same world's ViLD-text model with a
+  distillation head on a frozen copy of the teacher's own image tower (`vild distill-tower`;
+  docs/distillation.md section 18): stronger on novel categories, about 8x slower on a CPU,
+  not exportable.
 * ``vild-r50-vitb32``, ``vild-r152-vitb32``: the official LVIS recipes (`lvis-r50`,
   `lvis-r152` presets) with a CLIP ViT-B/32 teacher. No weights ship with vild: give a model
   folder or ``hf-hub:ORG/REPO`` (argument ``weights=`` / ``vild detect --weights``, or the
@@ -42,6 +46,7 @@ from vild.training.model_files import MODEL_CONFIG, MODEL_WEIGHTS, TEXT_EMBEDDIN
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "shapeworld-vild-ensemble"
+TOWER_MODEL = "shapeworld-vild-tower"
 DETECTOR_FILE = "detector.json"
 DETECTOR_FORMAT = "vild-detector/1"
 MODEL_FILES = (MODEL_CONFIG, MODEL_WEIGHTS, VOCABULARY, TEXT_EMBEDDINGS, DETECTOR_FILE)
@@ -75,6 +80,13 @@ REGISTRY: dict[str, RegistryEntry] = {
         description="ViLD-ensemble trained on ShapeWorld-OV with its ShapeWorld CLIP teacher (bundled, CPU)",
         bundled=True,
         model_dir=f"models/{DEFAULT_MODEL}",
+    ),
+    TOWER_MODEL: RegistryEntry(
+        name=TOWER_MODEL,
+        description="ViLD-ensemble whose distillation head reads the teacher's own image tower (vild "
+                    "distill-tower), ShapeWorld-OV (bundled, CPU; stronger on novel categories, slower)",
+        bundled=True,
+        model_dir=f"models/{TOWER_MODEL}",
     ),
     "vild-r50-vitb32": RegistryEntry(
         name="vild-r50-vitb32",
