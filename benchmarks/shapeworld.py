@@ -25,8 +25,8 @@ head on it from the same store (`vild distill-tower`, `vild.training.tower_head`
 features of the stored proposals read once per run, about 7.5 min on 1 thread, then 2000
 steps per seed, 5-10 min), scored alone (ViLD-image, tower head) and ensembled with the text
 head (ViLD-ensemble, tower head); docs/distillation.md section 18. The third (ViLD, tower
-head) trains ViLD's one head on the tower, with the text loss as well (section 19). Protocol "scratch" trains every row from
-scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
+head) trains ViLD's one head on the tower, with the text loss as well (section 19). Protocol
+"scratch" trains every row from scratch instead. Writes benchmarks/results/shapeworld{,_quick}.{json,md}, with the device and
 the wall time of every stage (`meta.stage_seconds`). --device: teacher, trunks, region store,
 rows and evaluations (the RPN recall table stays on the CPU). --jobs J trains up to J rows at
 once, each in its own process; on an H200 15 jobs together were barely faster than one.
