@@ -7,7 +7,9 @@
 #   3. benchmarks/train_throughput.py --device cuda (issue 15: steps/s, GPU utilisation);
 #   4. issue 14 on world s7: the region store and the rows trained from the CPU-trained trunk
 #      with rarity-weighted distillation (--row-set distill_rarity=R), evaluated on the GPU;
-#   5. the same rows with the paper's uniform weights, sharing trunk, store and ViLD-text.
+#   5. the same rows with the paper's uniform weights, sharing trunk, store and ViLD-text;
+#   between 3 and 4: `vild detect` with each bundled model (the RoI ensemble and the tower
+#   ensemble, issue 14's tower rows) on world s7's val images, ms per image in the log.
 # Measured on an H200 (benchmarks/results/gpu_h200/README.md): the tests take about 30 s, the
 # store 15 s, each 1000-step row 60-75 s (about 15 steps/s) and each evaluation about 5 s, so
 # stage 4 needs about 5 minutes; the full perf_inference matrix did not fit in 110 s.
@@ -52,6 +54,13 @@ stage cuda_tests $LIMIT_TESTS $PY -m pytest -q -p no:cacheprovider -rs -k cuda \
 stage perf_inference 110 $PY benchmarks/perf_inference.py $PERF_ARGS --out "$OUT/perf_inference_$DEV.json"
 stage train_throughput 60 $PY benchmarks/train_throughput.py $TP_ARGS --results "$OUT/tp"
 cp "$OUT"/tp/train_throughput_*.json "$OUT/" 2>/dev/null; rm -rf "$OUT/tp"
+
+# issue 14: the tower rows' time on the device against the RoI ensemble's (the log keeps the
+# ms per image; the detections stay off $OUT)
+for model in shapeworld-vild-ensemble shapeworld-vild-tower; do
+  stage "detect_$model" 60 $PY -m vild detect --model $model --device $DEV --no-draw --no-progress \
+    --out "/tmp/vild-gpu/detect-$model" "$W/val/images"
+done
 
 # issue 14: rarity-weighted rows (the store is built here, from the carried trunk's RPN)
 ROWS="text image vild ensemble"  # CLIP on crops: the same in both runs, measured on the CPU
