@@ -150,7 +150,7 @@ def test_bad_model_folder_and_no_images(model_dir, tmp_path, capsys, monkeypatch
 
 
 def test_bundled_model_runs_on_its_examples(model_dir, tmp_path, capsys, monkeypatch):
-    from vild.inference.registry import bundle_model
+    from vild.inference.bundle import bundle_model
 
     for i in range(2):
         Image.fromarray(scene(64, 64, 10 + i)).save(tmp_path / f"example-{i}.png")

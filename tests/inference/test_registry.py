@@ -12,7 +12,8 @@ from PIL import Image
 from tests.inference.conftest import scene
 from vild.errors import VildError, WeightsUnavailableError
 from vild.inference import Detector
-from vild.inference.registry import bundle_model, list_models, resolve
+from vild.inference.bundle import bundle_model
+from vild.inference.registry import list_models, resolve
 
 
 def _one_line(e) -> str:
