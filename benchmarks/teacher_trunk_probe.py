@@ -66,9 +66,11 @@ class DenseTeacher:
 
     def __init__(self, teacher: Teacher) -> None:
         try:
-            _, trunk = teacher_tower(teacher)  # the library's check: a timm tower with a feature map
+            _, vision_cfg, trunk = teacher_tower(teacher)  # the library's check: a tower with a feature map
         except VildError as e:
             raise SystemExit(str(e)) from None
+        if vision_cfg:  # the zero-shot reading pools with timm's forward_head
+            raise SystemExit(f"teacher {teacher.name}: the probe reads timm towers only (this one is open_clip's)")
         self.teacher = teacher
         self.trunk, self.projection = trunk.eval(), teacher.model.visual.head.eval()
         probe = self.reader([1.0], grid=1)

@@ -3,7 +3,11 @@ proposals are read once (`vild.training.tower_head`), then one head per variant 
 and evaluated (ViLD-image and ViLD-ensemble with the tower head, first --val-images val images).
 
     python benchmarks/tower_head_sweep.py --world W --teacher T --text-model TEXT --store S \\
-        --variant steps=2000 --variant steps=4000 --variant fc_dims=1024,1024 --out R.json
+        --variant steps=2000 --variant steps=4000 --variant fc_dims=1024,1024 \\
+        --variant grid=4+rarity=0.5 --out R.json
+
+A variant that changes how the tower is read (factors, box_scales, grid) reads the features
+again; variants that share those settings share one read.
 
 Choose recipes on the world the settings are chosen on (world s7), never on a reported one.
 """
@@ -29,13 +33,23 @@ from vild.training.tower_head import (  # noqa: E402
     TowerHeadConfig, cache_tower_features, tower_detector, train_tower_head)
 
 
+READING_KEYS = ("factors", "box_scales", "grid")
+
+
 def parse_variant(text: str) -> dict:
-    """"steps=4000,lr=0.002" or "fc_dims=1024,1024" -> TowerHeadConfig overrides."""
-    key, _, value = text.partition("=")
-    if key == "fc_dims":
-        return {key: tuple(int(v) for v in value.split(","))}
-    field = {f.name: f for f in dataclasses.fields(TowerHeadConfig)}[key]
-    return {key: (int if field.type in ("int", int) else float)(value)}
+    """"steps=4000+lr=0.002" or "fc_dims=1024,1024" -> TowerHeadConfig overrides."""
+    fields = {f.name: f for f in dataclasses.fields(TowerHeadConfig)}
+    overrides = {}
+    for setting in text.split("+"):
+        key, _, value = setting.partition("=")
+        if key not in fields or not value:
+            raise SystemExit(f"bad variant {setting!r}: KEY=VALUE with KEY one of {sorted(fields)}")
+        if key in ("fc_dims", "factors", "box_scales"):
+            kind = int if key == "fc_dims" else float
+            overrides[key] = tuple(kind(v) for v in value.split(","))
+        else:
+            overrides[key] = (int if fields[key].type in ("int", int) else float)(value)
+    return overrides
 
 
 def main() -> int:
@@ -49,15 +63,20 @@ def main() -> int:
     val = ValWorld(args.world, args.teacher, args.val_images)
     base = load_model(args.text_model)
     result = open_results(args.out)
-    started = time.perf_counter()
-    model = tower_detector(base, val.teacher, TowerHeadConfig(seed=args.seed))
     train = DetectionDataset(val.paths["train_images"], val.paths["train_base"], region_store=str(args.store),
                              with_masks=False)
-    cache = cache_tower_features(model, train, progress=False)
-    result["seconds_features"] = round(time.perf_counter() - started, 1)
+    caches = {}
     for text_variant in args.variant or ["steps=2000"]:
         config = TowerHeadConfig(seed=args.seed, **parse_variant(text_variant))
         model = tower_detector(base, val.teacher, config)
+        reading = tuple(getattr(config, key) for key in READING_KEYS)
+        if reading not in caches:
+            caches.clear()  # one read held at a time: a 4x4 grid's features take GBs
+            started = time.perf_counter()
+            caches[reading] = cache_tower_features(model, train, progress=False)
+            result.setdefault("seconds_features_by_reading", {})[repr(reading)] = round(
+                time.perf_counter() - started, 1)
+        cache = caches[reading]
         started = time.perf_counter()
         log = train_tower_head(model, cache, config, weights=cache.rarity_weights(args.store, config.rarity),
                                progress=False)

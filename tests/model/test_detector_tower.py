@@ -25,6 +25,8 @@ def tower_model():
     (dict(mode="ensemble", tower_model=""), "needs tower_model"),
     (dict(mode="ensemble", tower_reads="crops"), "tower_reads"),
     (dict(mode="ensemble", tower_factors=()), "tower_factors"),
+    (dict(mode="ensemble", tower_model="open_clip"), "tower_vision_cfg"),
+    (dict(mode="ensemble", tower_vision_cfg="{}"), "tower_vision_cfg"),
 ])
 def test_config_refuses_what_a_tower_head_cannot_be(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -29,18 +29,21 @@ def text_model(tiny_world, tmp_path_factory):
     return train_detector(dataclasses.replace(model_cfg, mode="text"), train_cfg, data, text, out, progress=False)
 
 
-@pytest.fixture(scope="module")
-def store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory):
+def _store(world, text_model, teacher_dir, out):
     from vild.data.detection import DetectionDataset
     from vild.regions.embed import embed_regions
     from vild.teacher import Teacher
 
-    paths = world_paths(tiny_world)
-    out = tmp_path_factory.mktemp("store") / "regions"
+    paths = world_paths(world)
     embed_regions(DetectionDataset(paths["train_images"], paths["train_base"], with_masks=False),
-                  load_model(text_model).propose, Teacher.load(str(cnn_teacher_dir)), out,
+                  load_model(text_model).propose, Teacher.load(str(teacher_dir)), out,
                   num_proposals=6, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory):
+    return _store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory.mktemp("store") / "regions")
 
 
 def test_distill_tower_cli_writes_a_model_that_detects_with_the_teachers_tower(
@@ -208,11 +211,34 @@ def test_proposal_labels_follow_the_best_overlapping_box():
     assert proposal_labels(proposals, boxes, labels, 0.7).tolist() == [5, 0, 2, 0]
 
 
-def test_a_teacher_without_a_timm_tower_is_refused(text_model, tiny_teacher_dir):
+def test_a_vit_teacher_gives_a_tower_model_that_saves_loads_and_detects(
+        tiny_world, text_model, tiny_teacher_dir, tmp_path):
+    """A real CLIP's tower is an open_clip ViT or ResNet, not a timm model: it is read through
+    `vild.model.tower_maps`, and the model folder rebuilds it from its config."""
     from vild.teacher import Teacher
 
-    with pytest.raises(VildError, match="has no timm image tower"):
-        tower_detector(load_model(text_model), Teacher.load(str(tiny_teacher_dir)), TowerHeadConfig())
+    store = _store(tiny_world, text_model, tiny_teacher_dir, tmp_path / "regions")
+    out = tmp_path / "tower"
+    assert main(["distill-tower", "--model", str(text_model), "--teacher", str(tiny_teacher_dir), "--world",
+                 str(tiny_world), "--region-store", str(store), "--steps", "20", "--factors", "1", "2",
+                 "--threads", "1", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    model = load_model(out)
+    assert model.config.tower_model == "open_clip"
+    assert json.loads(model.config.tower_vision_cfg)["vision_cfg"]["patch_size"] == 8
+    teacher = Teacher.load(str(tiny_teacher_dir))
+    for k, v in teacher.model.visual.state_dict().items():  # the teacher's own tower
+        torch.testing.assert_close(model.tower.trunk.visual.state_dict()[k], v)
+    detections = model([torch.rand(3, 128, 128)], F.normalize(torch.randn(4, 16), dim=-1)).detections[0]
+    assert detections.image_embeddings is not None and torch.isfinite(detections.image_embeddings).all()
+
+
+def test_a_teacher_without_a_readable_tower_is_refused(text_model, tiny_teacher_dir):
+    from vild.teacher import Teacher
+
+    teacher = Teacher.load(str(tiny_teacher_dir))
+    teacher.model.visual = torch.nn.Linear(3, 16)  # no timm trunk, not a CLIP ResNet or ViT
+    with pytest.raises(VildError, match="no feature map"):
+        tower_detector(load_model(text_model), teacher, TowerHeadConfig())
 
 
 def test_train_refuses_a_tower_config_without_a_trained_start(tiny_world, tmp_path):

@@ -66,9 +66,12 @@ class ViLDConfig:
     # upsampled to bring it nearest the tower's crop size: `vild.model.tower_regions`;
     # docs/distillation.md sections 17-19). In mode "vild" that head is ViLD's one head: it also
     # takes the text loss and its embeddings are the regions' own. The tower is the timm model
-    # `tower_model` built with num_classes=0, its weights saved with the detector's.
+    # `tower_model` built with num_classes=0, or, with tower_model "open_clip", the open_clip
+    # tower (a CLIP ResNet or ViT) that `tower_vision_cfg` describes (`vild.model.tower_maps`);
+    # its weights are saved with the detector's.
     image_head_input: str = "roi"
     tower_model: str = ""
+    tower_vision_cfg: str = ""  # JSON text; only for tower_model "open_clip"
     tower_image_size: int = 224  # the teacher's crop size
     tower_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     tower_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -107,7 +110,11 @@ class ViLDConfig:
                 raise ValueError("a tower-fed head needs mode 'image', 'vild' or 'ensemble' (mode 'text' "
                                  "has no distillation head)")
             if not self.tower_model:
-                raise ValueError("image_head_input 'tower' needs tower_model (the teacher tower's timm name)")
+                raise ValueError("image_head_input 'tower' needs tower_model (the teacher tower's timm name, "
+                                 "or 'open_clip' with tower_vision_cfg)")
+            if (self.tower_model == "open_clip") != bool(self.tower_vision_cfg):
+                raise ValueError("tower_vision_cfg describes an open_clip tower: give it exactly when "
+                                 "tower_model is 'open_clip'")
             if self.tower_reads not in ("refined", "proposals"):
                 raise ValueError(f"tower_reads must be 'refined' or 'proposals', got {self.tower_reads!r}")
             if not self.tower_factors or min(self.tower_factors) <= 0 or self.tower_grid <= 0:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from vild.model.tower_maps import OPEN_CLIP_TOWER, build_open_clip_map
 from vild.teacher.crops import region_boxes
 
 DEFAULT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -27,16 +28,20 @@ DEFAULT_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 
 def build_tower(config) -> "TowerRegionFeatures":
     """The region reader of a `ViLDConfig` with image_head_input="tower": its timm tower
-    (`tower_model`, num_classes=0, random weights: the model folder or the teacher fills them)."""
-    import timm
+    (`tower_model`, num_classes=0) or open_clip tower (`tower_vision_cfg`), random weights: the
+    model folder or the teacher fills them."""
+    if config.tower_model == OPEN_CLIP_TOWER:
+        trunk = build_open_clip_map(config.tower_vision_cfg)
+    else:
+        import timm
 
-    from vild.teacher.cnn import register_timm
+        from vild.teacher.cnn import register_timm
 
-    register_timm()  # the ShapeWorld teacher's tower is a timm model of ours
-    try:
-        trunk = timm.create_model(config.tower_model, pretrained=False, num_classes=0)
-    except RuntimeError as e:  # timm: "Unknown model"
-        raise ValueError(f"cannot build the tower {config.tower_model!r}: {e}") from None
+        register_timm()  # the ShapeWorld teacher's tower is a timm model of ours
+        try:
+            trunk = timm.create_model(config.tower_model, pretrained=False, num_classes=0)
+        except RuntimeError as e:  # timm: "Unknown model"
+            raise ValueError(f"cannot build the tower {config.tower_model!r}: {e}") from None
     return TowerRegionFeatures(trunk, crop_size=config.tower_image_size, mean=config.tower_mean,
                                std=config.tower_std, factors=config.tower_factors,
                                box_scales=config.tower_box_scales, grid=config.tower_grid)
@@ -78,7 +83,7 @@ class TowerRegionFeatures(nn.Module):
             probe = self.trunk.forward_features(torch.zeros(1, 3, self.crop_size, self.crop_size))
         if probe.ndim != 4:
             raise TypeError(f"the tower's forward_features must give a [B, C, h, w] map, got "
-                            f"{probe.ndim} dims (token towers such as ViTs are not supported)")
+                            f"{probe.ndim} dims (wrap token towers: vild.model.tower_maps)")
         self.channels, self.map_size = int(probe.shape[1]), int(probe.shape[-1])
         self.stride = self.crop_size / self.map_size
 

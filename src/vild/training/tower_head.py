@@ -28,6 +28,7 @@ from vild.errors import VildError
 from vild.model import ViLDDetector, build_detector
 from vild.model.heads import text_logits
 from vild.model.losses import classification_loss, distillation_loss
+from vild.model.tower_maps import OPEN_CLIP_TOWER, open_clip_map, open_clip_tower_spec
 from vild.model.tower_regions import DEFAULT_FACTORS
 from vild.training.config import TrainConfig, learning_rate
 
@@ -70,15 +71,24 @@ class TowerHeadConfig:
                            warmup_steps=self.warmup_steps, warmup_factor=0.1)
 
 
-def teacher_tower(teacher) -> tuple[str, torch.nn.Module]:
-    """(timm name, trunk) of a teacher whose image tower is a timm model with a feature map."""
+def teacher_tower(teacher) -> tuple[str, str, torch.nn.Module]:
+    """(tower_model, tower_vision_cfg, trunk) of a teacher's image tower: a timm model with a
+    feature map (the ShapeWorld teacher's CNN), or an open_clip CLIP ResNet or ViT, wrapped to
+    give one (`vild.model.tower_maps`)."""
     visual = getattr(teacher.model, "visual", None)
     trunk = getattr(visual, "trunk", None)
-    name = ((teacher.model_cfg or {}).get("vision_cfg") or {}).get("timm_model_name")
-    if trunk is None or not hasattr(trunk, "forward_features") or not name:
-        raise VildError(f"teacher {teacher.name} has no timm image tower: a tower-fed head needs one "
-                        "whose forward_features gives a feature map (such as the ShapeWorld teacher's CNN)")
-    return str(name), trunk
+    cfg = teacher.model_cfg or {}
+    name = (cfg.get("vision_cfg") or {}).get("timm_model_name")
+    if trunk is not None and hasattr(trunk, "forward_features") and name:
+        return str(name), "", trunk
+    if visual is not None and trunk is None and "vision_cfg" in cfg and "embed_dim" in cfg:
+        try:
+            return OPEN_CLIP_TOWER, open_clip_tower_spec(cfg, visual), open_clip_map(visual)
+        except ValueError as e:
+            raise VildError(f"teacher {teacher.name}: {e}") from None
+    raise VildError(f"teacher {teacher.name} has no image tower with a feature map: a tower-fed head needs a "
+                    "timm tower with forward_features (such as the ShapeWorld teacher's CNN), a CLIP ResNet "
+                    "or a ViT")
 
 
 def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLDDetector:
@@ -86,12 +96,12 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
     tower (a fresh head, seeded by config.seed). The image temperature becomes the teacher's; in
     mode "vild" the one head's temperature too, and its distillation weight moves with it as
     `vild.training.presets.at_teacher_scale` moves ViLD's (docs/distillation.md section 11)."""
-    name, trunk = teacher_tower(teacher)
+    name, vision_cfg, trunk = teacher_tower(teacher)
     if base.config.embed_dim != teacher.embed_dim:
         raise VildError(f"the detector's embeddings are {base.config.embed_dim}-d, the teacher's "
                         f"{teacher.embed_dim}-d: use the teacher the detector was trained with")
     cfg = replace(base.config, mode=config.mode, image_head_input="tower", tower_model=name,
-                  tower_image_size=int(teacher.image_size), tower_mean=tuple(teacher.mean.flatten().tolist()),
+                  tower_vision_cfg=vision_cfg, tower_image_size=int(teacher.image_size), tower_mean=tuple(teacher.mean.flatten().tolist()),
                   tower_std=tuple(teacher.std.flatten().tolist()), tower_factors=tuple(config.factors),
                   tower_box_scales=tuple(config.box_scales), tower_grid=config.grid,
                   tower_fc_dims=tuple(config.fc_dims), image_temperature=float(teacher.logit_scale))
@@ -108,7 +118,7 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
     try:
         model.tower.trunk.load_state_dict(trunk.state_dict())
     except RuntimeError as e:
-        raise VildError(f"timm's {name!r} does not match the teacher's tower ({str(e).splitlines()[0]})") from None
+        raise VildError(f"the tower {name!r} does not match the teacher's ({str(e).splitlines()[0]})") from None
     return model.eval()
 
 
