@@ -36,6 +36,36 @@ ROWS = [
 ]
 TOWER_ROWS = ("tower-image", "tower-vild", "tower-ensemble")
 
+#: issue 14's targets as (what, row, against, metric, mean at least, every seed above)
+TARGETS = [
+    ("ViLD APr / ViLD-text APr", "ViLD", "ViLD-text", "APr", 1.5, 1.2),
+    ("ViLD-ensemble APr / ViLD-text APr", "ViLD-ensemble (w=0.5)", "ViLD-text", "APr", 1.5, 1.2),
+    ("ViLD-ensemble AP / ViLD-text AP", "ViLD-ensemble (w=0.5)", "ViLD-text", "AP", 1.0, None),
+    ("ViLD-image APr / CLIP on crops APr", "ViLD-image", "CLIP on cropped regions", "APr", 0.75, None),
+    ("ViLD, tower head APr / ViLD-text APr", "ViLD, tower head", "ViLD-text", "APr", 1.5, 1.2),
+    ("ViLD-ensemble, tower head APr / ViLD-text APr", "ViLD-ensemble, tower head", "ViLD-text", "APr", 1.5, 1.2),
+    ("ViLD-ensemble, tower head AP / ViLD-text AP", "ViLD-ensemble, tower head", "ViLD-text", "AP", 1.0, None),
+    ("ViLD-image, tower head APr / CLIP on crops APr", "ViLD-image, tower head", "CLIP on cropped regions",
+     "APr", 0.75, None),
+]
+
+
+def targets(per_seed: list[dict]) -> list[dict]:
+    """Each target whose two rows were run: the ratio of the seeds' means, every seed's ratio,
+    and whether it is met (the mean ratio at least the bound, and each seed above its floor)."""
+    out = []
+    for what, row, against, metric, bound, floor in TARGETS:
+        if not all(row in s["rows"] and against in s["rows"] for s in per_seed):
+            continue
+        pairs = [(s["rows"][row][metric], s["rows"][against][metric]) for s in per_seed]
+        seeds = [a / b if b > 0 else float("nan") for a, b in pairs]
+        mean_b = statistics.fmean(b for _, b in pairs)
+        ratio = statistics.fmean(a for a, _ in pairs) / mean_b if mean_b > 0 else float("nan")
+        met = ratio >= bound and (floor is None or all(r > floor for r in seeds))
+        out.append({"target": what, "bound": bound, "seed_floor": floor, "ratio_of_means": ratio,
+                    "per_seed": seeds, "met": bool(met)})
+    return out
+
 
 def aggregate(per_seed: list[dict]) -> dict:
     def stats(values):
@@ -55,7 +85,7 @@ def aggregate(per_seed: list[dict]) -> dict:
               for k in per_seed[0]["rpn_recall_novel"][sup]}
         for sup in per_seed[0]["rpn_recall_novel"]
     }
-    return {"rows": rows, "rpn_recall_novel": recall}
+    return {"rows": rows, "rpn_recall_novel": recall, "targets": targets(per_seed)}
 
 
 def markdown(summary: dict, meta: dict) -> str:
@@ -76,6 +106,14 @@ def markdown(summary: dict, meta: dict) -> str:
     ]
     for label, row in summary["rows"].items():
         lines.append(f"| {label} | " + " | ".join(cell(row[c]) for c in cols) + " |")
+    if summary.get("targets"):
+        lines += ["", "Issue 14's targets (ratio of the seeds' mean values; each seed's ratio):", "",
+                  "| target | at least | ratio | per seed | met |", "|---|---|---|---|---|"]
+        for t in summary["targets"]:
+            bound = f"{t['bound']:g}x" + (f", every seed > {t['seed_floor']:g}x" if t["seed_floor"] else "")
+            seeds = " / ".join(f"{r:.2f}x" for r in t["per_seed"])
+            lines.append(f"| {t['target']} | {bound} | {t['ratio_of_means']:.2f}x | {seeds} | "
+                         f"{'yes' if t['met'] else '**no**'} |")
     lines += ["", "RPN average recall on novel categories:", "",
               "| RPN trained on | AR_r@100 | AR_r@300 | AR_r@1000 |", "|---|---|---|---|"]
     for sup, rec in summary["rpn_recall_novel"].items():
