@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="a trained model folder or registered name (e.g. a ViLD-text model)")
     p.add_argument("--teacher", help="the teacher (default: the one the model names); its image "
-                   "tower must be a timm model with a feature map")
+                   "tower must give a feature map: a timm CNN, a CLIP ResNet or a ViT")
     p.add_argument("--world", help="a ShapeWorld-OV world directory (its training images)")
     p.add_argument("--images", help="training images folder")
     p.add_argument("--annotations", help="annotation file listing the training images (labels are used "
