@@ -57,8 +57,8 @@ def test_distill_tower_cli_writes_a_model_that_detects_with_the_teachers_tower(
     assert main(argv) == 0
     model = load_model(out)
     cfg = model.config
-    assert (cfg.mode, cfg.image_head_input, cfg.tower_model, cfg.tower_factors) == (
-        "ensemble", "tower", "vild_shapeworld_cnn", (1.0, 2.0))
+    assert (cfg.mode, cfg.image_head_input, cfg.tower_model, cfg.tower_factors, cfg.tower_grid) == (
+        "ensemble", "tower", "vild_shapeworld_cnn", (1.0, 2.0), 4)
     teacher = Teacher.load(str(cnn_teacher_dir))
     assert cfg.image_temperature == pytest.approx(teacher.logit_scale)
     for k, v in teacher.model.visual.trunk.state_dict().items():  # the teacher's own tower
@@ -221,9 +221,9 @@ def test_a_vit_teacher_gives_a_tower_model_that_saves_loads_and_detects(
     out = tmp_path / "tower"
     assert main(["distill-tower", "--model", str(text_model), "--teacher", str(tiny_teacher_dir), "--world",
                  str(tiny_world), "--region-store", str(store), "--steps", "20", "--factors", "1", "2",
-                 "--threads", "1", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+                 "--grid", "2", "--threads", "1", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
     model = load_model(out)
-    assert model.config.tower_model == "open_clip"
+    assert (model.config.tower_model, model.config.tower_grid) == ("open_clip", 2)
     assert json.loads(model.config.tower_vision_cfg)["vision_cfg"]["patch_size"] == 8
     teacher = Teacher.load(str(tiny_teacher_dir))
     for k, v in teacher.model.visual.state_dict().items():  # the teacher's own tower

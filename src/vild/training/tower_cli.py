@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--mode", choices=["ensemble", "image", "vild"], default="ensemble")
     p.add_argument("--factors", type=float, nargs="+", help="image upsampling factors the tower reads "
                    "(default 1 1.5 2 3 4 6)")
+    p.add_argument("--grid", type=int, help="each box's tower map is averaged to GRID x GRID per box scale "
+                   "(default 4: the whole 4x4 map of the ShapeWorld tower; docs/distillation.md section 20)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--rarity", type=float, default=0.0, help="power of the label-free rarity weights of the "
                    "distillation loss (vild.regions.rarity; 0: uniform)")
@@ -57,6 +59,8 @@ def run(args) -> int:
     folder = _init_folder(args.model)
     teacher = Teacher.load(args.teacher or _init_teacher(folder))
     extra = {"factors": tuple(args.factors)} if args.factors else {}
+    if args.grid is not None:
+        extra["grid"] = args.grid
     try:
         config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, rarity=args.rarity, **extra)
     except ValueError as e:
