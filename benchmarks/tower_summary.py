@@ -5,7 +5,10 @@
 Ratios are to the same run's ViLD-text row and to CLIP on crops of the same ViLD-text model's
 regions (benchmarks/results/teacher_trunk/rows_<world>_seed<S>.json, section 17's runs). The
 second table is ViLD's one head on the tower (the "ViLD, tower head" row; section 19), from its
-own runs (`--rows text tower-vild --results benchmarks/results/tower-vild/<world>`).
+own runs (`--rows text tower-vild --results benchmarks/results/tower-vild/<world>`). The third
+is every tower row at the 4x4 grid (section 20), from one run per world that also scores CLIP
+on crops (`--rows clip text tower-image tower-vild tower-ensemble --results
+benchmarks/results/tower-grid4/<world>`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,31 @@ def vild_table() -> list[str]:
     return lines
 
 
+def grid4_table() -> list[str]:
+    lines = ["| world, seed | ViLD-text APr (AP) | ViLD-ensemble, tower head APr (AP) | / ViLD-text | "
+             "ViLD, tower head APr (AP) | / ViLD-text | ViLD-image, tower head APr | CLIP on crops APr | / CLIP |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for world in WORLDS:
+        found = per_seed("tower-grid4", world)
+        for seed, r in enumerate(found):
+            text, ens, vild = r["ViLD-text"], r["ViLD-ensemble, tower head"], r["ViLD, tower head"]
+            image, clip = r["ViLD-image, tower head"]["APr"], r["CLIP on cropped regions"]["APr"]
+            lines.append(f"| {world}, {seed} | {text['APr']:.1f} ({text['AP']:.1f}) | {ens['APr']:.1f} ({ens['AP']:.1f}) | "
+                         f"{ens['APr'] / text['APr']:.2f}x | {vild['APr']:.1f} ({vild['AP']:.1f}) | "
+                         f"{vild['APr'] / text['APr']:.2f}x | {image:.1f} | {clip:.1f} | {image / clip:.3f}x |")
+        if len(found) > 1:
+            mean = {k: sum(r[k]["APr"] for r in found) / len(found) for k in (
+                "ViLD-text", "ViLD-ensemble, tower head", "ViLD, tower head", "ViLD-image, tower head",
+                "CLIP on cropped regions")}
+            text = mean["ViLD-text"]
+            lines.append(f"| {world}, mean | {text:.1f} | {mean['ViLD-ensemble, tower head']:.1f} | "
+                         f"{mean['ViLD-ensemble, tower head'] / text:.2f}x | {mean['ViLD, tower head']:.1f} | "
+                         f"{mean['ViLD, tower head'] / text:.2f}x | {mean['ViLD-image, tower head']:.1f} | "
+                         f"{mean['CLIP on cropped regions']:.1f} | "
+                         f"{mean['ViLD-image, tower head'] / mean['CLIP on cropped regions']:.3f}x |")
+    return lines
+
+
 def main() -> int:
     lines = ["| world, seed | ViLD-text APr (AP) | ViLD-ensemble, tower head APr (AP) | / ViLD-text | "
              "ViLD-image, tower head APr | CLIP on crops APr | / CLIP | ms per image |",
@@ -68,7 +96,7 @@ def main() -> int:
             lines.append(f"| {r['world']}, {r['seed']} | {r['text']:.1f} ({r['text_AP']:.1f}) | "
                          f"{r['ensemble']:.1f} ({r['ensemble_AP']:.1f}) | {r['ensemble'] / r['text']:.2f}x | "
                          f"{r['image']:.1f} | {clip} | {over_clip} | {r['ms']:.0f} |")
-    print("\n".join(lines + [""] + vild_table()))
+    print("\n".join(lines + [""] + vild_table() + [""] + grid4_table()))
     return 0
 
 
