@@ -101,7 +101,8 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
         raise VildError(f"the detector's embeddings are {base.config.embed_dim}-d, the teacher's "
                         f"{teacher.embed_dim}-d: use the teacher the detector was trained with")
     cfg = replace(base.config, mode=config.mode, image_head_input="tower", tower_model=name,
-                  tower_vision_cfg=vision_cfg, tower_image_size=int(teacher.image_size), tower_mean=tuple(teacher.mean.flatten().tolist()),
+                  tower_vision_cfg=vision_cfg, tower_image_size=int(teacher.image_size),
+                  tower_mean=tuple(teacher.mean.flatten().tolist()),
                   tower_std=tuple(teacher.std.flatten().tolist()), tower_factors=tuple(config.factors),
                   tower_box_scales=tuple(config.box_scales), tower_grid=config.grid,
                   tower_fc_dims=tuple(config.fc_dims), image_temperature=float(teacher.logit_scale))
