@@ -65,18 +65,17 @@ def main() -> int:
     result = open_results(args.out)
     train = DetectionDataset(val.paths["train_images"], val.paths["train_base"], region_store=str(args.store),
                              with_masks=False)
-    caches = {}
+    cached_reading, cache = None, None  # one read held at a time: a 4x4 grid's features take GBs
     for text_variant in args.variant or ["steps=2000"]:
         config = TowerHeadConfig(seed=args.seed, **parse_variant(text_variant))
         model = tower_detector(base, val.teacher, config)
         reading = tuple(getattr(config, key) for key in READING_KEYS)
-        if reading not in caches:
-            caches.clear()  # one read held at a time: a 4x4 grid's features take GBs
+        if reading != cached_reading:
+            cache = None
             started = time.perf_counter()
-            caches[reading] = cache_tower_features(model, train, progress=False)
+            cached_reading, cache = reading, cache_tower_features(model, train, progress=False)
             result.setdefault("seconds_features_by_reading", {})[repr(reading)] = round(
                 time.perf_counter() - started, 1)
-        cache = caches[reading]
         started = time.perf_counter()
         log = train_tower_head(model, cache, config, weights=cache.rarity_weights(args.store, config.rarity),
                                progress=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 MODES = ("text", "image", "vild", "ensemble")
 IMAGE_HEAD_INPUTS = ("roi", "tower")
+OPEN_CLIP_TOWER = "open_clip"  # tower_model of an open_clip tower (`vild.model.tower_maps`)
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NORMS = ("bn", "frozen_bn", "gn")
 
@@ -112,7 +113,7 @@ class ViLDConfig:
             if not self.tower_model:
                 raise ValueError("image_head_input 'tower' needs tower_model (the teacher tower's timm name, "
                                  "or 'open_clip' with tower_vision_cfg)")
-            if (self.tower_model == "open_clip") != bool(self.tower_vision_cfg):
+            if (self.tower_model == OPEN_CLIP_TOWER) != bool(self.tower_vision_cfg):
                 raise ValueError("tower_vision_cfg describes an open_clip tower: give it exactly when "
                                  "tower_model is 'open_clip'")
             if self.tower_reads not in ("refined", "proposals"):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPEN_CLIP_TOWER = "open_clip"  # ViLDConfig.tower_model of the towers built here
+from vild.model.config import OPEN_CLIP_TOWER  # noqa: F401  (the tower_model of the towers built here)
 
 
 class OpenClipResNetMap(nn.Module):
