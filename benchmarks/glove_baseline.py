@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 import shapeworld as sw  # noqa: E402
+from shapeworld_report import row_metrics  # noqa: E402
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
@@ -96,7 +97,7 @@ def main() -> int:
         result = evaluate_detector(load_model(out), paths["val_images"], paths["val"], glove,
                                    vocab["category_ids"], base_mask=base, novel_category_ids=novel_ids,
                                    progress=False, max_images=args.val_images or None)
-        per_seed.append(sw.row_metrics(result))
+        per_seed.append(row_metrics(result))
         print(f"seed {seed}: {per_seed[-1]}", flush=True)
     save_json(args.out, {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),

@@ -49,10 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vild.data.loading import available_cores, resolve_workers  # noqa: E402
+from vild.data.loading import resolve_workers  # noqa: E402
 from vild.evaluation.run import evaluate_detector, evaluate_rpn_recall  # noqa: E402
-from shapeworld_report import ROWS, TOWER_ROWS, run_meta, write_results  # noqa: E402
-from shapeworld_rows import check_same_schedule, ensure_tower, row_overrides, train_rows_in_parallel  # noqa: E402
+from shapeworld_report import ROWS, TOWER_ROWS, row_metrics, run_meta, write_results  # noqa: E402
+from shapeworld_rows import (  # noqa: E402
+    check_same_schedule, ensure_teacher, ensure_tower, ensure_world, row_overrides, train_rows_in_parallel)
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
@@ -65,41 +66,10 @@ from vild.training.vocabulary import (  # noqa: E402
 )
 
 TRUNK_DIM = 64  # width of the trunk's random class prototypes (its heads are not reused)
-QUICK_WORLD = dict(num_train=24, num_val=12, num_web=40, num_web_val=5)
 
 
 def log(msg: str) -> None:
     print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
-
-
-def ensure_world(path: Path, quick: bool, progress: bool = True) -> None:
-    if (path / "world.json").is_file():
-        return
-    from vild.data.world import make_world
-
-    log(f"generating world in {path}")
-    make_world(path, **(QUICK_WORLD if quick else {}), progress=progress, workers=available_cores())
-
-
-def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool = True, device: str = "cpu") -> None:
-    if (path / "open_clip_config.json").is_file():
-        return
-    from vild.teacher import TeacherTrainConfig, train_teacher
-
-    log(f"training the teacher into {path}")
-    cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2, pretrain_steps=2) if quick else TeacherTrainConfig()
-    train_teacher(world, path, cfg, progress=progress, device=device)
-
-
-def row_metrics(result: dict) -> dict:
-    segm, bbox = result["lvis"]["segm"], result["lvis"]["bbox"]
-    coco = result["coco"]["segm"]
-    return {
-        "APr": segm["APr"], "APc": segm["APc"], "APf": segm["APf"], "AP": segm["AP"],
-        "box_APr": bbox["APr"], "box_AP": bbox["AP"],
-        "AP50_novel": coco["AP50_novel"], "AP50_base": coco["AP50_base"],
-        "ms_per_image": result["timing"]["ms_per_image"],
-    }
 
 
 def row_preset(args) -> str:
@@ -344,7 +314,7 @@ def main() -> int:
         shutil.rmtree(args.work)
     stages: dict[str, float] = {}  # wall seconds of each stage (near 0: reused from disk)
     mark = time.perf_counter()
-    ensure_world(args.world, args.quick, args.progress)
+    ensure_world(args.world, args.quick, args.progress, log)
     stages["world"], mark = time.perf_counter() - mark, time.perf_counter()
     vocab = dataset_vocabulary(world_paths(args.world)["val"])
     shared, shared_timings = {}, {}
@@ -367,7 +337,7 @@ def main() -> int:
                                             supervised=True, steps=args.trunk_steps, timings=shared_timings,
                                             overrides=(args.model_overrides, {}))
         stages["trunks"], mark = time.perf_counter() - mark, time.perf_counter()
-    ensure_teacher(args.teacher, args.world, args.quick, args.progress, device=str(args.device))
+    ensure_teacher(args.teacher, args.world, args.quick, args.progress, log, device=str(args.device))
     stages["teacher"], mark = time.perf_counter() - mark, time.perf_counter()
 
     from vild.teacher import Teacher

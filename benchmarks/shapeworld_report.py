@@ -50,6 +50,18 @@ TARGETS = [
 ]
 
 
+def row_metrics(result: dict) -> dict:
+    """One row's entry in the table, from `evaluate_detector`'s result."""
+    segm, bbox = result["lvis"]["segm"], result["lvis"]["bbox"]
+    coco = result["coco"]["segm"]
+    return {
+        "APr": segm["APr"], "APc": segm["APc"], "APf": segm["APf"], "AP": segm["AP"],
+        "box_APr": bbox["APr"], "box_AP": bbox["AP"],
+        "AP50_novel": coco["AP50_novel"], "AP50_base": coco["AP50_base"],
+        "ms_per_image": result["timing"]["ms_per_image"],
+    }
+
+
 def targets(per_seed: list[dict]) -> list[dict]:
     """Each target whose two rows were run: the ratio of the seeds' means, every seed's ratio,
     and whether it is met (the mean ratio at least the bound, and each seed above its floor)."""

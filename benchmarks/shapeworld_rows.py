@@ -1,5 +1,5 @@
-"""Rows of `benchmarks/shapeworld.py`: when a trained row may be reused, and `--jobs J` (rows
-trained J at a time, each in a process of its own)."""
+"""Rows of `benchmarks/shapeworld.py`: the world and teacher they need, when a trained row may
+be reused, and `--jobs J` (rows trained J at a time, each in a process of its own)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,28 @@ from pathlib import Path
 
 from vild.data.loading import available_cores
 from vild.io import config_to_dict
+
+
+QUICK_WORLD = dict(num_train=24, num_val=12, num_web=40, num_web_val=5)
+
+
+def ensure_world(path: Path, quick: bool, progress: bool, log) -> None:
+    if (path / "world.json").is_file():
+        return
+    from vild.data.world import make_world
+
+    log(f"generating world in {path}")
+    make_world(path, **(QUICK_WORLD if quick else {}), progress=progress, workers=available_cores())
+
+
+def ensure_teacher(path: Path, world: Path, quick: bool, progress: bool, log, device: str = "cpu") -> None:
+    if (path / "open_clip_config.json").is_file():
+        return
+    from vild.teacher import TeacherTrainConfig, train_teacher
+
+    log(f"training the teacher into {path}")
+    cfg = TeacherTrainConfig(steps=6, batch_size=64, warmup_steps=2, pretrain_steps=2) if quick else TeacherTrainConfig()
+    train_teacher(world, path, cfg, progress=progress, device=device)
 
 
 def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:

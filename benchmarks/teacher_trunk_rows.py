@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.distill_probe import log  # noqa: E402
-from benchmarks.shapeworld import row_metrics  # noqa: E402
+from benchmarks.shapeworld_report import row_metrics  # noqa: E402
 from benchmarks.teacher_trunk_probe import (  # noqa: E402
     DenseTeacher, Head, load_teacher_and_world, new_head, pool_train_proposals, train_distilled)
 from vild.evaluation.run import evaluate_detector  # noqa: E402

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from shapeworld import row_metrics  # noqa: E402
+from shapeworld_report import row_metrics  # noqa: E402
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import load_json, save_json  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
