@@ -1,0 +1,49 @@
+"""The error breakdown of a row's top-ranked detections."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from error_breakdown import breakdown  # noqa: E402
+
+NOVEL, BASE = 7, 3
+
+
+def _annotations():
+    # image 1: a novel object and a base object side by side; image 2: two novel objects;
+    # image 3 is not evaluated
+    objects = [(1, NOVEL, [0, 0, 10, 10]), (1, BASE, [50, 0, 10, 10]),
+               (2, NOVEL, [0, 0, 20, 20]), (2, NOVEL, [40, 40, 20, 20]), (3, NOVEL, [0, 0, 10, 10])]
+    return {"images": [{"id": i} for i in (1, 2, 3)],
+            "categories": [{"id": NOVEL}, {"id": BASE}],
+            "annotations": [{"id": k, "image_id": im, "category_id": c, "bbox": b}
+                            for k, (im, c, b) in enumerate(objects)]}
+
+
+def _det(image_id, category_id, bbox, score):
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score}
+
+
+def test_each_top_ranked_detection_is_put_in_one_kind():
+    detections = [
+        _det(1, NOVEL, [0, 0, 10, 10], 0.9),     # hit
+        _det(1, NOVEL, [1, 0, 10, 10], 0.8),     # duplicate of the same object
+        _det(2, NOVEL, [0, 0, 10, 10], 0.7),     # loose: IoU 0.25 with its object
+        _det(1, NOVEL, [50, 0, 10, 10], 0.6),    # the base object, named novel
+        _det(2, NOVEL, [40, 40, 20, 20], 0.5),   # a hit, but ranked 5th of 3 wanted: not counted
+        _det(3, NOVEL, [0, 0, 10, 10], 0.95),    # image 3 is not evaluated: left out
+        _det(1, BASE, [90, 90, 5, 5], 0.4),      # background
+    ]
+    out = breakdown(detections, _annotations(), {1, 2}, {NOVEL})
+    # 3 novel objects in images 1-2, so the first 3 novel detections of those images count
+    assert out["novel"] == {"hit": 1, "duplicate": 1, "loose": 1, "other object": 0, "background": 0,
+                            "ranked": 3}
+    assert out["base"] == {"hit": 0, "duplicate": 0, "loose": 0, "other object": 0, "background": 1,
+                           "ranked": 1}
+
+
+def test_a_novel_name_on_another_object_is_a_naming_error():
+    detections = [_det(1, NOVEL, [50, 0, 10, 10], 0.9), _det(2, NOVEL, [40, 40, 20, 20], 0.8)]
+    out = breakdown(detections, _annotations(), {1, 2}, {NOVEL})
+    assert out["novel"]["other object"] == 1 and out["novel"]["hit"] == 1
