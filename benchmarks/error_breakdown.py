@@ -13,7 +13,8 @@ AP 100 they would all be hits). Each kept detection is, in this order:
   * duplicate: IoU >= 0.5 with an object of its category, already taken;
   * loose: IoU in [0.1, 0.5) with an object of its category (a localisation error);
   * other object: IoU >= 0.5 with an object of another category (a naming error);
-  * background: none of these.
+  * part of an object: IoU in [0.1, 0.5) with an object of another category;
+  * background: none of these (IoU < 0.1 with every object).
 Counts are summed over the novel categories and over the base ones. Box AP falling further
 below CLIP on crops' than mask AP does (docs/distillation.md section 21) points at loose boxes.
 """
@@ -40,7 +41,7 @@ from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
-KINDS = ("hit", "duplicate", "loose", "other object", "background")
+KINDS = ("hit", "duplicate", "loose", "other object", "part of an object", "background")
 
 
 def _xyxy(xywh: list[list[float]]) -> torch.Tensor:
@@ -79,6 +80,8 @@ def breakdown(detections: list[dict], annotations: dict, image_ids: set[int], no
                 split["loose"] += 1
             elif torch.where(same, torch.zeros_like(iou), iou).max() >= 0.5:
                 split["other object"] += 1
+            elif iou.max() >= 0.1:
+                split["part of an object"] += 1
             else:
                 split["background"] += 1
     return {split: {kind: c[kind] for kind in KINDS} | {"ranked": sum(c.values())} for split, c in counts.items()}

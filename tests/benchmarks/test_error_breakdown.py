@@ -34,13 +34,21 @@ def test_each_top_ranked_detection_is_put_in_one_kind():
         _det(2, NOVEL, [40, 40, 20, 20], 0.5),   # a hit, but ranked 5th of 3 wanted: not counted
         _det(3, NOVEL, [0, 0, 10, 10], 0.95),    # image 3 is not evaluated: left out
         _det(1, BASE, [90, 90, 5, 5], 0.4),      # background
+        _det(1, BASE, [0, 0, 5, 10], 0.3),       # half of the novel object, named base
     ]
     out = breakdown(detections, _annotations(), {1, 2}, {NOVEL})
     # 3 novel objects in images 1-2, so the first 3 novel detections of those images count
-    assert out["novel"] == {"hit": 1, "duplicate": 1, "loose": 1, "other object": 0, "background": 0,
-                            "ranked": 3}
-    assert out["base"] == {"hit": 0, "duplicate": 0, "loose": 0, "other object": 0, "background": 1,
-                           "ranked": 1}
+    assert out["novel"] == {"hit": 1, "duplicate": 1, "loose": 1, "other object": 0, "part of an object": 0,
+                            "background": 0, "ranked": 3}
+    # one base object: only the best-scored base detection counts
+    assert out["base"] == {"hit": 0, "duplicate": 0, "loose": 0, "other object": 0, "part of an object": 0,
+                           "background": 1, "ranked": 1}
+
+
+def test_part_of_another_object_is_told_from_background():
+    detections = [_det(1, BASE, [0, 0, 4, 10], 0.9)]  # IoU 0.4 with the novel object
+    out = breakdown(detections, _annotations(), {1, 2}, {NOVEL})
+    assert out["base"]["part of an object"] == 1 and out["base"]["background"] == 0
 
 
 def test_a_novel_name_on_another_object_is_a_naming_error():
