@@ -43,6 +43,16 @@ def with_settings(model, settings: dict):
     return rebuilt.eval()
 
 
+def val_world(world: Path, teacher_dir: Path) -> tuple:
+    """(the world's paths, val vocabulary, teacher, its text embeddings, base mask, novel
+    category ids): what evaluating a row on the world's val split needs."""
+    paths = world_paths(world)
+    vocab = dataset_vocabulary(paths["val"])
+    teacher = Teacher.load(str(teacher_dir))
+    novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
+    return paths, vocab, teacher, text_embeddings_for(teacher, vocab), torch.tensor(vocab["base"]), novel_ids
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--world", type=Path, required=True)
@@ -58,13 +68,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    paths = world_paths(args.world)
-    vocab = dataset_vocabulary(paths["val"])
-    teacher = Teacher.load(str(args.teacher))
-    text = text_embeddings_for(teacher, vocab)
+    paths, vocab, teacher, text, base, novel_ids = val_world(args.world, args.teacher)
     scale = teacher.logit_scale
-    base = torch.tensor(vocab["base"])
-    novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
               "loadavg_start": os.getloadavg(), "teacher_logit_scale": scale, "runs": []}
     crop_counts = args.crop_regions if args.method in CROP_METHODS else [None]

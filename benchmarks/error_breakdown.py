@@ -34,12 +34,13 @@ from torchvision.ops import box_convert, box_iou
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from distill_eval_sweep import val_world  # noqa: E402
 from vild.data.detection import load_annotation_file  # noqa: E402
 from vild.evaluation.run import predict_split  # noqa: E402
 from vild.io import save_json  # noqa: E402
-from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
-from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 KINDS = ("hit", "duplicate", "loose", "other object", "part of an object", "background")
 
@@ -97,12 +98,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    paths = world_paths(args.world)
-    vocab = dataset_vocabulary(paths["val"])
-    teacher = Teacher.load(str(args.teacher))
-    text = text_embeddings_for(teacher, vocab)
-    base = torch.tensor(vocab["base"])
-    novel_ids = {c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b}
+    paths, vocab, teacher, text, base, novel_ids = val_world(args.world, args.teacher)
     annotations = load_annotation_file(paths["val"])
     image_ids = {int(im["id"]) for im in annotations["images"][:args.val_images]}
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
@@ -116,7 +112,7 @@ def main() -> int:
         detections, _ = predict_split(load_model(model_dir), paths["val_images"], paths["val"], text,
                                       vocab["category_ids"], base_mask=base, method=method, teacher=teacher,
                                       max_images=args.val_images, progress=False)
-        row = breakdown(detections, annotations, image_ids, novel_ids)
+        row = breakdown(detections, annotations, image_ids, set(novel_ids))
         row["seconds"] = round(time.perf_counter() - started, 1)
         result["rows"][label] = row
         print(label, row, flush=True)
