@@ -4,7 +4,7 @@ and evaluated (ViLD-image and ViLD-ensemble with the tower head, first --val-ima
 
     python benchmarks/tower_head_sweep.py --world W --teacher T --text-model TEXT --store S \\
         --variant steps=2000 --variant steps=4000 --variant fc_dims=1024,1024 \\
-        --variant grid=4+rarity=0.5 --out R.json
+        --variant grid=4+rarity=0.5 --variant relational=1 --out R.json
 
 A variant that changes how the tower is read (factors, box_scales, grid) reads the features
 again; variants that share those settings share one read.
@@ -80,7 +80,7 @@ def main() -> int:
         log = train_tower_head(model, cache, config, weights=cache.rarity_weights(args.store, config.rarity),
                                progress=False)
         row = {"recipe": config.record(), "seconds_training": round(time.perf_counter() - started, 1),
-               "last_loss": log[-1]["loss_distill"]}
+               "last_loss": log[-1]["loss_distill"], "last_relational": log[-1].get("loss_relational")}
         for method in ("vild-image", "vild-ensemble"):
             row[method] = val.evaluate(model, method)
         result["rows"][text_variant] = row

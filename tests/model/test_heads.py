@@ -1,8 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from vild.model.heads import ensemble_probabilities, image_probabilities, text_logits
-from vild.model.losses import distillation_loss
+from vild.model.losses import distillation_loss, relational_distillation_loss
 
 
 def test_ensemble_matches_hand_computation():
@@ -42,6 +43,29 @@ def test_distillation_loss_l1_sum_over_dims_mean_over_regions():
     # per-region weights scale each region's term; the sum is still divided by the count
     assert distillation_loss(a, b, "l1", torch.ones(2)).item() == 1.0
     assert distillation_loss(a, b, "l1", torch.tensor([0.5, 7.0])).item() == 0.5  # (0.5 * 2 + 7 * 0) / 2
+
+
+def test_relational_loss_is_the_kl_between_how_teacher_and_region_rank_the_batch():
+    teacher = torch.eye(3)  # three regions whose teacher embeddings are orthogonal
+    assert relational_distillation_loss(teacher, teacher, 5.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert relational_distillation_loss(teacher[:0], teacher[:0], 5.0).item() == 0.0
+    # region 0 sits on region 1's teacher embedding; the others are right
+    student = teacher[[1, 1, 2]]
+    p = torch.softmax(5.0 * torch.tensor([1.0, 0.0, 0.0]), 0)
+    q = torch.softmax(5.0 * torch.tensor([0.0, 1.0, 0.0]), 0)
+    expected = float((p * (p.log() - q.log())).sum()) / 3
+    assert relational_distillation_loss(student, teacher, 5.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_relational_loss_tells_apart_errors_that_l1_weighs_alike():
+    """Two errors of one L1 size: towards another region's teacher embedding, or away from all."""
+    teacher = torch.eye(4)[:3]
+    towards = teacher.clone()
+    towards[0] = F.normalize(torch.tensor([0.5, 0.5, 0.0, 0.0]), dim=0)
+    away = teacher.clone()
+    away[0] = F.normalize(torch.tensor([0.5, 0.0, 0.0, 0.5]), dim=0)
+    assert distillation_loss(towards, teacher).item() == pytest.approx(distillation_loss(away, teacher).item())
+    assert relational_distillation_loss(towards, teacher, 10.0) > 2 * relational_distillation_loss(away, teacher, 10.0)
 
 
 def test_select_detections_matches_torchvision_batched_nms():

@@ -171,6 +171,25 @@ def test_tower_head_fits_the_teacher_embeddings():
     assert first[1] == pytest.approx(2 * first[0], rel=1e-3)
 
 
+def test_the_relational_term_trains_beside_the_l1_term():
+    torch.manual_seed(0)
+    feats = torch.randn(400, 32)
+    targets = F.normalize(torch.tanh(feats @ torch.randn(32, 16)), dim=-1)
+    cache = TowerFeatures(feats.half(), targets, torch.full((40,), 10), torch.zeros(400, dtype=torch.int64))
+    config = SimpleNamespace(distill_weight=0.5, distill_loss="l1", tower_scores_text=False, image_temperature=20.0)
+    logs = []
+    for relational in (0.0, 1.0):
+        torch.manual_seed(1)
+        head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16)
+        model = SimpleNamespace(roi_heads=SimpleNamespace(image_head=head), config=config)
+        logs.append(train_tower_head(model, cache, TowerHeadConfig(steps=200, lr=3e-3, warmup_steps=10,
+                                                                    relational=relational), progress=False))
+    assert "loss_relational" not in logs[0][0]
+    assert logs[1][-1]["loss_relational"] < logs[1][0]["loss_relational"] / 2
+    # the L1 term is the same function of the same first weights
+    assert logs[1][0]["loss_distill"] == pytest.approx(logs[0][0]["loss_distill"], rel=1e-5)
+
+
 def test_vilds_one_tower_head_learns_the_labels_and_the_background():
     """Mode "vild": the text loss trains the head and the background towards the labels
     (0 = background) while the distillation loss still pulls towards the teacher."""
@@ -265,7 +284,8 @@ def test_train_refuses_vilds_one_head_on_the_tower(tiny_world, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(mode="text"), "mode"), (dict(steps=0), "positive"),
-                                                      (dict(rarity=-1.0), "rarity")])
+                                                      (dict(rarity=-1.0), "rarity"),
+                                                      (dict(relational=-0.5), "relational")])
 def test_recipe_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TowerHeadConfig(**kwargs)

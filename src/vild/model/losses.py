@@ -45,3 +45,24 @@ def distillation_loss(
     if weights is not None:
         per_region = per_region * weights.to(per_region.dtype)
     return per_region.mean()
+
+
+def relational_distillation_loss(
+    region_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """How differently the regions rank the batch's teacher embeddings than the teacher does:
+    mean over regions of KL(softmax(scale * t_i . T) || softmax(scale * s_i . T)), with s_i, t_i
+    the region's and teacher's normalised embeddings [P, D] and T every teacher embedding.
+
+    Why beside the L1 term: L1 weighs every dimension alike, so embeddings the batch holds few
+    of (a novel object among base ones) are fitted least (docs/distillation.md sections 5, 21);
+    this term is large exactly where a region sits nearer other regions' teacher embeddings
+    than the teacher puts it. Overlapping proposals of one object share mass in the teacher's
+    own distribution, so they are not pushed apart. 0 when the regions equal their targets.
+    """
+    if region_embeddings.shape[0] == 0:
+        return region_embeddings.sum() * 0.0
+    teacher = teacher_embeddings.to(region_embeddings.dtype)
+    target = F.log_softmax(scale * teacher @ teacher.T, dim=1)
+    student = F.log_softmax(scale * region_embeddings @ teacher.T, dim=1)
+    return F.kl_div(student, target, reduction="batchmean", log_target=True)

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--rarity", type=float, default=0.0, help="power of the label-free rarity weights of the "
                    "distillation loss (vild.regions.rarity; 0: uniform)")
+    p.add_argument("--relational", type=float, default=0.0, help="weight of the relational distillation term "
+                   "beside the L1 loss (vild.model.losses.relational_distillation_loss; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, help="read at most this many training images")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -62,7 +64,8 @@ def run(args) -> int:
     if args.grid is not None:
         extra["grid"] = args.grid
     try:
-        config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, rarity=args.rarity, **extra)
+        config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, rarity=args.rarity,
+                                 relational=args.relational, **extra)
     except ValueError as e:
         raise VildError(str(e)) from None
     device = resolve_device(args.device)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from vild.errors import VildError
 from vild.model import ViLDDetector, build_detector
 from vild.model.heads import text_logits
-from vild.model.losses import classification_loss, distillation_loss
+from vild.model.losses import classification_loss, distillation_loss, relational_distillation_loss
 from vild.model.tower_maps import OPEN_CLIP_TOWER, open_clip_map, open_clip_tower_spec
 from vild.model.tower_regions import DEFAULT_FACTORS
 from vild.training.config import TrainConfig, learning_rate
@@ -53,6 +53,7 @@ class TowerHeadConfig:
     warmup_steps: int = 50
     seed: int = 0
     rarity: float = 0.0  # power of the label-free rarity weights (`vild.regions.rarity`); 0: uniform
+    relational: float = 0.0  # weight of `relational_distillation_loss` beside the L1 term; 0: none
 
     def __post_init__(self) -> None:
         if self.mode not in TOWER_MODES:
@@ -61,6 +62,8 @@ class TowerHeadConfig:
             raise ValueError("steps, images_per_step and lr must be positive")
         if self.rarity < 0:
             raise ValueError(f"rarity is a power >= 0, got {self.rarity}")
+        if self.relational < 0:
+            raise ValueError(f"relational is a loss weight >= 0, got {self.relational}")
 
     def record(self) -> dict:
         """As saved in tower_head.json (JSON types: tuples as lists)."""
@@ -223,9 +226,12 @@ def train_tower_head(model: ViLDDetector, cache: TowerFeatures, config: TowerHea
         pick = with_rows[torch.randint(len(with_rows), (config.images_per_step,), generator=gen)]
         rows = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in pick])
         _, student = head(cache.features[rows].to(device).float())
+        targets = cache.targets[rows].to(device)
         losses = {"loss_distill": model.config.distill_weight * distillation_loss(
-            student, cache.targets[rows].to(device), model.config.distill_loss,
-            None if weights is None else weights[rows].to(device))}
+            student, targets, model.config.distill_loss, None if weights is None else weights[rows].to(device))}
+        if config.relational:
+            losses["loss_relational"] = config.relational * relational_distillation_loss(
+                student, targets, model.config.image_temperature)
         if with_text:
             logits = text_logits(student, text_embeddings, model.roi_heads.background, model.config.temperature)
             losses["loss_classifier"] = classification_loss(logits, cache.labels[rows].to(device))
