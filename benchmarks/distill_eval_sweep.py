@@ -23,15 +23,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from tower_rows import ValWorld  # noqa: E402
 from vild.evaluation.run import evaluate_detector  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.model import build_detector  # noqa: E402
 from vild.model.methods import CROP_METHODS  # noqa: E402
-from vild.teacher import Teacher  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.presets import parse_overrides  # noqa: E402
-from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
 def with_settings(model, settings: dict):
@@ -46,11 +46,8 @@ def with_settings(model, settings: dict):
 def val_world(world: Path, teacher_dir: Path) -> tuple:
     """(the world's paths, val vocabulary, teacher, its text embeddings, base mask, novel
     category ids): what evaluating a row on the world's val split needs."""
-    paths = world_paths(world)
-    vocab = dataset_vocabulary(paths["val"])
-    teacher = Teacher.load(str(teacher_dir))
-    novel_ids = [c for c, b in zip(vocab["category_ids"], vocab["base"]) if not b]
-    return paths, vocab, teacher, text_embeddings_for(teacher, vocab), torch.tensor(vocab["base"]), novel_ids
+    val = ValWorld(world, teacher_dir, val_images=None)
+    return val.paths, val.vocab, val.teacher, val.text, torch.tensor(val.vocab["base"]), val.novel
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ class ValWorld:
     """A world's val split as the tower scripts score it: its teacher, text embeddings and base
     flags; `evaluate` is benchmarks/shapeworld.py's evaluation of one row."""
 
-    def __init__(self, world: Path, teacher: Path, val_images: int) -> None:
+    def __init__(self, world: Path, teacher: Path, val_images: int | None) -> None:
         self.teacher = Teacher.load(str(teacher))
         self.paths = world_paths(world)
         self.vocab = dataset_vocabulary(self.paths["val"])
