@@ -4,7 +4,7 @@ and evaluated (ViLD-image and ViLD-ensemble with the tower head, first --val-ima
 
     python benchmarks/tower_head_sweep.py --world W --teacher T --text-model TEXT --store S \\
         --variant steps=2000 --variant steps=4000 --variant fc_dims=1024,1024 \\
-        --variant grid=4+rarity=0.5 --variant relational=1 --out R.json
+        --variant grid=4+rarity=0.5 --variant relational=1 --variant output=mean+loss=l2 --out R.json
 
 A variant that changes how the tower is read (factors, box_scales, grid) reads the features
 again; variants that share those settings share one read.
@@ -47,6 +47,8 @@ def parse_variant(text: str) -> dict:
         if key in ("fc_dims", "factors", "box_scales"):
             kind = int if key == "fc_dims" else float
             overrides[key] = tuple(kind(v) for v in value.split(","))
+        elif fields[key].type in ("str", str):
+            overrides[key] = value
         else:
             overrides[key] = (int if fields[key].type in ("int", int) else float)(value)
     return overrides

@@ -111,13 +111,15 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     sweep = [sys.executable, str(ROOT / "benchmarks" / "tower_head_sweep.py"), *world, "--text-model",
              str(tmp_path / "work" / "seed0" / "text"), "--store", str(tmp_path / "work" / "regions"),
              "--variant", "steps=3", "--variant", "fc_dims=8,8", "--variant", "grid=1+steps=3",
-             "--out", str(tmp_path / "sweep.json")]
+             "--variant", "steps=3+output=mean+loss=l2", "--out", str(tmp_path / "sweep.json")]
     done = subprocess.run(sweep, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     swept = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert swept["steps=3"]["recipe"]["steps"] == 3 and swept["fc_dims=8,8"]["recipe"]["fc_dims"] == [8, 8]
     assert {"vild-image", "vild-ensemble"} <= set(swept["steps=3"])
     assert swept["grid=1+steps=3"]["recipe"]["grid"] == 1 and swept["grid=1+steps=3"]["recipe"]["steps"] == 3
+    assert {k: swept["steps=3+output=mean+loss=l2"]["recipe"][k] for k in ("output", "loss")} == {
+        "output": "mean", "loss": "l2"}
     readings = json.loads((tmp_path / "sweep.json").read_text())["seconds_features_by_reading"]
     assert len(readings) == 2  # the 1x1 grid is a second read of the features, the others share one
 

@@ -27,6 +27,8 @@ def tower_model():
     (dict(mode="ensemble", tower_factors=()), "tower_factors"),
     (dict(mode="ensemble", tower_model="open_clip"), "tower_vision_cfg"),
     (dict(mode="ensemble", tower_vision_cfg="{}"), "tower_vision_cfg"),
+    (dict(mode="ensemble", tower_head_output="median"), "tower_head_output"),
+    (dict(mode="vild", tower_head_output="mean"), "modes image and ensemble"),
 ])
 def test_config_refuses_what_a_tower_head_cannot_be(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -63,6 +65,22 @@ def test_vild_image_and_ensemble_score_with_the_tower_head(tower_model, text_emb
     torch.testing.assert_close(p_image, torch.softmax(cfg.image_temperature * r.image_embeddings @ text_embeddings.T, -1))
     out = tower_model(images, text_embeddings)
     assert len(out.detections) == 1 and out.detections[0].image_embeddings is not None
+
+
+def test_a_mean_tower_head_scores_its_unnormalised_embedding(tower_model, text_embeddings):
+    """tower_head_output "mean": the regions carry the head's projection as it is (not unit
+    length) and ViLD-image's softmax takes it unnormalised; the unit head's is its direction."""
+    mean_model = build_detector(dataclasses.replace(tower_model.config, tower_head_output="mean")).eval()
+    mean_model.load_state_dict(tower_model.state_dict())
+    images, _ = make_batch(1)
+    raw = mean_model.regions(images).regions[0].image_embeddings
+    unit = tower_model.regions(images).regions[0].image_embeddings
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(len(raw)), atol=1e-3)
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), unit, rtol=1e-4, atol=1e-5)
+    cfg = mean_model.config
+    p_image = method_probabilities("vild-image", cfg, mean_model.roi_heads.background, None, raw, None,
+                                   text_embeddings, None)
+    torch.testing.assert_close(p_image, torch.softmax(cfg.image_temperature * raw @ text_embeddings.T, -1))
 
 
 def test_training_loss_moves_the_tower_head_and_never_the_tower(text_embeddings):

@@ -190,6 +190,38 @@ def test_the_relational_term_trains_beside_the_l1_term():
     assert logs[1][0]["loss_distill"] == pytest.approx(logs[0][0]["loss_distill"], rel=1e-5)
 
 
+def test_the_mean_head_is_shorter_and_flatter_where_the_features_are_ambiguous():
+    """output "mean" + L2: where one feature vector comes with two different teacher embeddings
+    the head estimates their mean, shorter than a unit vector, so its ViLD-image softmax is
+    flatter there than where the features fix the embedding; the unit head is as confident
+    on both."""
+    from vild.model.heads import image_probabilities
+
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(6, 16), dim=-1)
+    clear, ambiguous = torch.randn(32), torch.randn(32)
+    feats = torch.stack([clear] * 200 + [ambiguous] * 200) + 0.01 * torch.randn(400, 32)
+    targets = torch.cat([text[0].expand(200, 16), text[torch.tensor([1, 2] * 100)]])
+    cache = TowerFeatures(feats.half(), targets, torch.full((40,), 10), torch.zeros(400, dtype=torch.int64))
+    heads = {}
+    for output, loss in (("mean", "l2"), ("unit", "l1")):
+        torch.manual_seed(1)
+        head = TowerEmbeddingHead(in_dim=32, fc_dims=(64,), embed_dim=16, normalize=output == "unit")
+        model = SimpleNamespace(roi_heads=SimpleNamespace(image_head=head),
+                                config=SimpleNamespace(distill_weight=0.5, distill_loss=loss, tower_scores_text=False))
+        train_tower_head(model, cache, TowerHeadConfig(steps=300, lr=3e-3, warmup_steps=10, output=output,
+                                                       loss=loss), progress=False)
+        with torch.no_grad():
+            heads[output] = head(torch.stack([clear, ambiguous]))[1]
+    mean = heads["mean"]
+    assert float(mean[0].norm()) == pytest.approx(1.0, abs=0.1)
+    torch.testing.assert_close(mean[1], (text[1] + text[2]) / 2, atol=0.1, rtol=0)
+    assert float(mean[1].norm()) < 0.9 * float(mean[0].norm())
+    torch.testing.assert_close(heads["unit"].norm(dim=1), torch.ones(2))
+    peak = {k: image_probabilities(v, text, 20.0).max(1).values for k, v in heads.items()}
+    assert float(peak["mean"][1]) < float(peak["mean"][0]) - 0.2
+
+
 def test_vilds_one_tower_head_learns_the_labels_and_the_background():
     """Mode "vild": the text loss trains the head and the background towards the labels
     (0 = background) while the distillation loss still pulls towards the teacher."""
@@ -285,7 +317,10 @@ def test_train_refuses_vilds_one_head_on_the_tower(tiny_world, tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [(dict(mode="text"), "mode"), (dict(steps=0), "positive"),
                                                       (dict(rarity=-1.0), "rarity"),
-                                                      (dict(relational=-0.5), "relational")])
+                                                      (dict(relational=-0.5), "relational"),
+                                                      (dict(output="median"), "output"),
+                                                      (dict(loss="huber"), "loss"),
+                                                      (dict(mode="vild", output="mean"), "modes image and ensemble")])
 def test_recipe_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TowerHeadConfig(**kwargs)

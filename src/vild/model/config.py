@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 MODES = ("text", "image", "vild", "ensemble")
 IMAGE_HEAD_INPUTS = ("roi", "tower")
+TOWER_HEAD_OUTPUTS = ("unit", "mean")
 OPEN_CLIP_TOWER = "open_clip"  # tower_model of an open_clip tower (`vild.model.tower_maps`)
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NORMS = ("bn", "frozen_bn", "gn")
@@ -81,6 +82,11 @@ class ViLDConfig:
     tower_grid: int = 2
     tower_fc_dims: tuple[int, ...] = (1024,)
     tower_reads: str = "refined"  # which boxes the tower head reads at detection: "refined" or "proposals"
+    # The tower head's embedding: "unit" (L2-normalised, as the paper's heads) or "mean" (left
+    # unnormalised: trained with the L2 loss it estimates the mean of the teacher embeddings its
+    # features allow, shorter where they are ambiguous, so its ViLD-image softmax is flatter there;
+    # docs/distillation.md section 23).
+    tower_head_output: str = "unit"
     # masks (class-agnostic)
     with_masks: bool = True
     mask_output_size: int = 14
@@ -116,6 +122,11 @@ class ViLDConfig:
             if (self.tower_model == OPEN_CLIP_TOWER) != bool(self.tower_vision_cfg):
                 raise ValueError("tower_vision_cfg describes an open_clip tower: give it exactly when "
                                  "tower_model is 'open_clip'")
+            if self.tower_head_output not in TOWER_HEAD_OUTPUTS:
+                raise ValueError(f"tower_head_output must be one of {TOWER_HEAD_OUTPUTS}, got {self.tower_head_output!r}")
+            if self.tower_head_output == "mean" and self.mode == "vild":
+                raise ValueError("tower_head_output 'mean' is for modes image and ensemble: ViLD's one head "
+                                 "also takes the text loss")
             if self.tower_reads not in ("refined", "proposals"):
                 raise ValueError(f"tower_reads must be 'refined' or 'proposals', got {self.tower_reads!r}")
             if not self.tower_factors or min(self.tower_factors) <= 0 or self.tower_grid <= 0:

@@ -41,10 +41,12 @@ class RegionEmbeddingHead(nn.Module):
 
 class TowerEmbeddingHead(nn.Module):
     """Tower region features [N, F] (`vild.model.tower_regions`) -> (features [N, H],
-    embeddings [N, D] L2-normalised): FC + ReLU layers, then a projection."""
+    embeddings [N, D]): FC + ReLU layers, then a projection, L2-normalised unless `normalize`
+    is False (then the projection itself: `ViLDConfig.tower_head_output` "mean")."""
 
-    def __init__(self, *, in_dim: int, fc_dims: tuple[int, ...], embed_dim: int) -> None:
+    def __init__(self, *, in_dim: int, fc_dims: tuple[int, ...], embed_dim: int, normalize: bool = True) -> None:
         super().__init__()
+        self.normalize = normalize
         layers, width = [], in_dim
         for out in fc_dims:
             layers += [nn.Linear(width, out), nn.ReLU(inplace=True)]
@@ -54,7 +56,8 @@ class TowerEmbeddingHead(nn.Module):
 
     def forward(self, tower_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(tower_features.flatten(1))
-        return features, F.normalize(self.projection(features), dim=-1)
+        embeddings = self.projection(features)
+        return features, F.normalize(embeddings, dim=-1) if self.normalize else embeddings
 
 
 def text_logits(

@@ -46,7 +46,8 @@ class ViLDRoIHeads(nn.Module):
             if tower_dim is None:
                 raise ValueError("a tower-fed distillation head needs the tower's feature width")
             self.image_head = TowerEmbeddingHead(in_dim=tower_dim, fc_dims=config.tower_fc_dims,
-                                                 embed_dim=config.embed_dim)
+                                                 embed_dim=config.embed_dim,
+                                                 normalize=config.tower_head_output == "unit")
         elif config.mode == "ensemble":
             self.image_head = RegionEmbeddingHead(**head_kwargs)
         self.box_regressor = nn.Linear(self.text_head.feature_dim, 4)

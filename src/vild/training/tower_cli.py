@@ -36,6 +36,10 @@ def register(subparsers) -> None:
                    "distillation loss (vild.regions.rarity; 0: uniform)")
     p.add_argument("--relational", type=float, default=0.0, help="weight of the relational distillation term "
                    "beside the L1 loss (vild.model.losses.relational_distillation_loss; 0: none)")
+    p.add_argument("--output", choices=["unit", "mean"], default="unit", help="the head's embedding: unit "
+                   "(L2-normalised, the paper's) or mean (unnormalised, trained with --loss l2: shorter where "
+                   "the tower's features leave the teacher's embedding uncertain; modes image and ensemble)")
+    p.add_argument("--loss", choices=["l1", "l2"], default="l1", help="the distillation loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, help="read at most this many training images")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -65,7 +69,7 @@ def run(args) -> int:
         extra["grid"] = args.grid
     try:
         config = TowerHeadConfig(mode=args.mode, steps=args.steps, seed=args.seed, rarity=args.rarity,
-                                 relational=args.relational, **extra)
+                                 relational=args.relational, output=args.output, loss=args.loss, **extra)
     except ValueError as e:
         raise VildError(str(e)) from None
     device = resolve_device(args.device)
