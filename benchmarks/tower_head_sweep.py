@@ -54,6 +54,23 @@ def parse_variant(text: str) -> dict:
     return overrides
 
 
+@torch.no_grad()
+def embedding_norms(model, cache, rows: int = 20000) -> dict:
+    """How long an unnormalised ("mean") head's embeddings are on the training proposals (every
+    len(cache) // rows-th row): mean and quartiles, over proposals on a labelled base object
+    (IoU >= the foreground threshold) and over the rest (background, parts, novel objects)."""
+    pick = torch.arange(0, len(cache.labels), max(1, len(cache.labels) // rows))
+    norms = model.roi_heads.tower_embeddings(cache.features[pick].float()).norm(dim=1)
+    labelled = cache.labels[pick] > 0
+    out = {}
+    for name, chosen in (("labelled base", labelled), ("the rest", ~labelled)):
+        values = norms[chosen]
+        quartiles = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75])).tolist() if len(values) else []
+        out[name] = {"proposals": int(chosen.sum()), "mean": round(float(values.mean()), 4) if len(values) else None,
+                     "quartiles": [round(q, 4) for q in quartiles]}
+    return out
+
+
 def main() -> int:
     p = world_arguments(__doc__.split("\n")[0])
     p.add_argument("--text-model", type=Path, required=True)
@@ -83,6 +100,8 @@ def main() -> int:
                                progress=False)
         row = {"recipe": config.record(), "seconds_training": round(time.perf_counter() - started, 1),
                "last_loss": log[-1]["loss_distill"], "last_relational": log[-1].get("loss_relational")}
+        if config.output == "mean":
+            row["embedding_norm"] = embedding_norms(model, cache)
         for method in ("vild-image", "vild-ensemble"):
             row[method] = val.evaluate(model, method)
         result["rows"][text_variant] = row

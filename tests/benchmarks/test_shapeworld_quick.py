@@ -120,6 +120,8 @@ def test_quick_benchmark_writes_every_row(tmp_path):
     assert swept["grid=1+steps=3"]["recipe"]["grid"] == 1 and swept["grid=1+steps=3"]["recipe"]["steps"] == 3
     assert {k: swept["steps=3+output=mean+loss=l2"]["recipe"][k] for k in ("output", "loss")} == {
         "output": "mean", "loss": "l2"}
+    norms = swept["steps=3+output=mean+loss=l2"]["embedding_norm"]
+    assert sum(group["proposals"] for group in norms.values()) > 0 and "embedding_norm" not in swept["steps=3"]
     readings = json.loads((tmp_path / "sweep.json").read_text())["seconds_features_by_reading"]
     assert len(readings) == 2  # the 1x1 grid is a second read of the features, the others share one
 
