@@ -75,6 +75,25 @@ def test_distill_tower_cli_writes_a_model_that_detects_with_the_teachers_tower(
     assert main(argv) == 1  # a finished folder is never overwritten
 
 
+def test_distill_tower_cli_trains_an_unnormalised_head(tiny_world, text_model, cnn_teacher_dir, store, tmp_path,
+                                                      capsys):
+    out = tmp_path / "tower-mean"
+    argv = ["distill-tower", "--model", str(text_model), "--teacher", str(cnn_teacher_dir), "--world",
+            str(tiny_world), "--region-store", str(store), "--mode", "image", "--output", "mean", "--loss", "l2",
+            "--steps", "30", "--factors", "1", "--threads", "1", "--device", "cpu", "--no-progress",
+            "--out", str(out)]
+    assert main(argv[:argv.index("image")] + ["vild"] + argv[argv.index("image") + 1:]) == 1
+    assert "modes image and ensemble" in capsys.readouterr().err
+    assert main(argv) == 0
+    model = load_model(out)
+    assert (model.config.mode, model.config.tower_head_output, model.config.distill_loss) == ("image", "mean", "l2")
+    assert {k: json.loads((out / "tower_head.json").read_text())["recipe"][k] for k in ("output", "loss")} == {
+        "output": "mean", "loss": "l2"}
+    detections = model([torch.rand(3, 128, 128)], F.normalize(torch.randn(4, 16), dim=-1)).detections[0]
+    assert len(detections.scores) > 0
+    assert not torch.allclose(detections.image_embeddings.norm(dim=1), torch.ones(len(detections.scores)), atol=1e-3)
+
+
 @pytest.fixture(scope="module")
 def labelled_store(tiny_world, text_model, cnn_teacher_dir, tmp_path_factory):
     """A store whose proposals include each image's labelled boxes, shifted by a pixel (a
