@@ -131,9 +131,9 @@ def ensure_tower(out: Path, text_dir: Path, world: Path, teacher, store: Path, s
 
     config = TowerHeadConfig(mode=mode, seed=seed, steps=12 if args.quick else 2000)
     if (out / "model.safetensors").is_file():
-        # a recipe saved before a setting existed was trained at the setting's old behaviour
-        saved = {"rarity": 0.0, "relational": 0.0, "output": "unit", "loss": "l1",
-                 **json.loads((out / "tower_head.json").read_text())["recipe"]}
+        # a recipe saved before a setting existed was trained at the setting's old behaviour,
+        # which every setting added since keeps as its default
+        saved = {**TowerHeadConfig().record(), **json.loads((out / "tower_head.json").read_text())["recipe"]}
         if saved != config.record():
             raise SystemExit(f"{out} was made with another recipe ({saved}); use --fresh or another --work")
         return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MODES = ("text", "image", "vild", "ensemble")
 IMAGE_HEAD_INPUTS = ("roi", "tower")
 TOWER_HEAD_OUTPUTS = ("unit", "mean")
+DISTILL_LOSSES = ("l1", "l2")
 OPEN_CLIP_TOWER = "open_clip"  # tower_model of an open_clip tower (`vild.model.tower_maps`)
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NORMS = ("bn", "frozen_bn", "gn")
@@ -104,7 +105,7 @@ class ViLDConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if self.distill_loss not in ("l1", "l2"):
+        if self.distill_loss not in DISTILL_LOSSES:
             raise ValueError(f"distill_loss must be 'l1' or 'l2', got {self.distill_loss!r}")
         if not 0.0 <= self.ensemble_lambda <= 1.0:
             raise ValueError("ensemble_lambda must be in [0, 1]")
