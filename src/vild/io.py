@@ -58,6 +58,8 @@ def config_from_dict(cls: type[T], data: dict) -> T:
     """Inverse of `config_to_dict`; unknown keys are an error, missing keys take defaults."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
+    renamed = getattr(cls, "RENAMED_FIELDS", {})
+    data = {renamed.get(key, key): value for key, value in data.items()}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

@@ -202,3 +202,62 @@ def test_distill_weights_scale_each_proposals_term(mode, text_embeddings):
     second_only = distill([torch.zeros(3), None]).item()
     assert first_only + second_only == pytest.approx(plain.item(), rel=1e-5)
     assert 0 < first_only < plain.item()
+
+
+def test_a_config_saved_with_tower_head_output_loads_as_image_head_output():
+    saved = config_to_dict(tiny_config(mode="image"))
+    saved.pop("image_head_output")
+    saved["tower_head_output"] = "mean"
+    assert config_from_dict(ViLDConfig, saved).image_head_output == "mean"
+
+
+@pytest.mark.parametrize("mode", ["text", "vild"])
+def test_a_mean_image_head_is_refused_where_no_head_distills_alone(mode):
+    with pytest.raises(ValueError, match="modes image and ensemble"):
+        tiny_config(mode=mode, image_head_output="mean")
+
+
+@pytest.mark.parametrize("mode", ["image", "ensemble"])
+def test_a_mean_roi_head_gives_and_scores_its_unnormalised_embedding(mode, text_embeddings):
+    """image_head_output "mean" on the RoI features: the head that takes the distillation loss
+    alone (ViLD-image's one head, the ensemble's second) returns its projection as it is, whose
+    direction is the unit head's with the same weights; the ensemble's text head stays unit."""
+    torch.manual_seed(0)
+    unit = build_detector(tiny_config(mode=mode)).eval()
+    mean = build_detector(tiny_config(mode=mode, image_head_output="mean")).eval()
+    mean.load_state_dict(unit.state_dict())
+    images = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        r_unit, r_mean = unit.regions(images).regions[0], mean.regions(images).regions[0]
+    field = "embeddings" if mode == "image" else "image_embeddings"
+    raw, direction = getattr(r_mean, field), getattr(r_unit, field)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(len(raw)), atol=1e-3)
+    torch.testing.assert_close(F.normalize(raw, dim=-1), direction, rtol=1e-4, atol=1e-5)
+    if mode == "ensemble":
+        torch.testing.assert_close(r_mean.embeddings.norm(dim=1), torch.ones(len(raw)), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        out = mean(images, text_embeddings)
+    assert len(out.detections) == 1
+
+
+def test_a_mean_roi_head_trains_with_the_l2_loss_towards_the_teacher_embedding(text_embeddings):
+    """The distillation loss reaches the unnormalised head: a head whose projection is the
+    constant b (|b| = 0.5) gives weight x mean |b - t|^2 over the teacher embeddings t, where a
+    unit head would have scored b / |b|."""
+    model = build_detector(tiny_config(mode="image", image_head_output="mean", distill_loss="l2",
+                                       distill_weight=2.0)).eval()
+    dim = text_embeddings.shape[1]
+    b = 0.5 * F.normalize(torch.randn(dim), dim=0)
+    torch.nn.init.zeros_(model.roi_heads.text_head.projection.weight)
+    with torch.no_grad():
+        model.roi_heads.text_head.projection.bias.copy_(b)
+    images, targets = make_batch(1)
+    teacher = F.normalize(torch.randn(3, dim), dim=-1)
+    targets[0]["distill_boxes"] = torch.tensor([[2.0, 2.0, 30.0, 30.0], [10.0, 4.0, 40.0, 50.0], [0.0, 0.0, 60.0, 60.0]])
+    targets[0]["distill_embeddings"] = teacher
+    model.roi_heads.train()
+    loss = model(images, text_embeddings[:2], targets).losses["loss_distill"]
+    expected = 2.0 * (b - teacher).pow(2).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert model.roi_heads.text_head.projection.bias.grad.abs().sum() > 0

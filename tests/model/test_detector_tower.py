@@ -27,8 +27,8 @@ def tower_model():
     (dict(mode="ensemble", tower_factors=()), "tower_factors"),
     (dict(mode="ensemble", tower_model="open_clip"), "tower_vision_cfg"),
     (dict(mode="ensemble", tower_vision_cfg="{}"), "tower_vision_cfg"),
-    (dict(mode="ensemble", tower_head_output="median"), "tower_head_output"),
-    (dict(mode="vild", tower_head_output="mean"), "modes image and ensemble"),
+    (dict(mode="ensemble", image_head_output="median"), "image_head_output"),
+    (dict(mode="vild", image_head_output="mean"), "modes image and ensemble"),
 ])
 def test_config_refuses_what_a_tower_head_cannot_be(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -68,9 +68,9 @@ def test_vild_image_and_ensemble_score_with_the_tower_head(tower_model, text_emb
 
 
 def test_a_mean_tower_head_scores_its_unnormalised_embedding(tower_model, text_embeddings):
-    """tower_head_output "mean": the regions carry the head's projection as it is (not unit
+    """image_head_output "mean": the regions carry the head's projection as it is (not unit
     length) and ViLD-image's softmax takes it unnormalised; the unit head's is its direction."""
-    mean_model = build_detector(dataclasses.replace(tower_model.config, tower_head_output="mean")).eval()
+    mean_model = build_detector(dataclasses.replace(tower_model.config, image_head_output="mean")).eval()
     mean_model.load_state_dict(tower_model.state_dict())
     images, _ = make_batch(1)
     raw = mean_model.regions(images).regions[0].image_embeddings

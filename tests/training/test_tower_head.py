@@ -86,7 +86,7 @@ def test_distill_tower_cli_trains_an_unnormalised_head(tiny_world, text_model, c
     assert "modes image and ensemble" in capsys.readouterr().err
     assert main(argv) == 0
     model = load_model(out)
-    assert (model.config.mode, model.config.tower_head_output, model.config.distill_loss) == ("image", "mean", "l2")
+    assert (model.config.mode, model.config.image_head_output, model.config.distill_loss) == ("image", "mean", "l2")
     assert {k: json.loads((out / "tower_head.json").read_text())["recipe"][k] for k in ("output", "loss")} == {
         "output": "mean", "loss": "l2"}
     detections = model([torch.rand(3, 128, 128)], F.normalize(torch.randn(4, 16), dim=-1)).detections[0]

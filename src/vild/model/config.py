@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 MODES = ("text", "image", "vild", "ensemble")
 IMAGE_HEAD_INPUTS = ("roi", "tower")
-TOWER_HEAD_OUTPUTS = ("unit", "mean")
+IMAGE_HEAD_OUTPUTS = ("unit", "mean")
 DISTILL_LOSSES = ("l1", "l2")
 OPEN_CLIP_TOWER = "open_clip"  # tower_model of an open_clip tower (`vild.model.tower_maps`)
 BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -20,6 +21,9 @@ class ViLDConfig:
     mode: "text" (ViLD-text: cross-entropy only), "image" (ViLD-image: distillation only),
     "vild" (one head, both losses), "ensemble" (a second head takes the distillation loss).
     """
+
+    # fields saved under an older name (`vild.io.config_from_dict` reads them under the new one)
+    RENAMED_FIELDS: ClassVar[dict[str, str]] = {"tower_head_output": "image_head_output"}
 
     mode: str = "vild"
     embed_dim: int = 512  # the teacher's embedding size
@@ -83,11 +87,12 @@ class ViLDConfig:
     tower_grid: int = 2
     tower_fc_dims: tuple[int, ...] = (1024,)
     tower_reads: str = "refined"  # which boxes the tower head reads at detection: "refined" or "proposals"
-    # The tower head's embedding: "unit" (L2-normalised, as the paper's heads) or "mean" (left
-    # unnormalised: trained with the L2 loss it estimates the mean of the teacher embeddings its
-    # features allow, shorter where they are ambiguous, so its ViLD-image softmax is flatter there;
-    # docs/distillation.md section 23).
-    tower_head_output: str = "unit"
+    # The embedding of the head that takes the distillation loss alone (ViLD-image's, the
+    # ensemble's second head; RoI- or tower-fed): "unit" (L2-normalised, as the paper's heads)
+    # or "mean" (left unnormalised: trained with the L2 loss it estimates the mean of the teacher
+    # embeddings its features allow, shorter where they are ambiguous, so its ViLD-image softmax
+    # is flatter there; docs/distillation.md sections 23-24). Saved as tower_head_output before.
+    image_head_output: str = "unit"
     # masks (class-agnostic)
     with_masks: bool = True
     mask_output_size: int = 14
@@ -111,6 +116,11 @@ class ViLDConfig:
             raise ValueError("ensemble_lambda must be in [0, 1]")
         if self.embed_dim <= 0:
             raise ValueError("embed_dim must be positive")
+        if self.image_head_output not in IMAGE_HEAD_OUTPUTS:
+            raise ValueError(f"image_head_output must be one of {IMAGE_HEAD_OUTPUTS}, got {self.image_head_output!r}")
+        if self.image_head_output == "mean" and self.mode not in ("image", "ensemble"):
+            raise ValueError("image_head_output 'mean' is for modes image and ensemble: ViLD's one head "
+                             "also takes the text loss, and mode text has no distillation head")
         if self.image_head_input not in IMAGE_HEAD_INPUTS:
             raise ValueError(f"image_head_input must be one of {IMAGE_HEAD_INPUTS}, got {self.image_head_input!r}")
         if self.image_head_input == "tower":
@@ -123,11 +133,6 @@ class ViLDConfig:
             if (self.tower_model == OPEN_CLIP_TOWER) != bool(self.tower_vision_cfg):
                 raise ValueError("tower_vision_cfg describes an open_clip tower: give it exactly when "
                                  "tower_model is 'open_clip'")
-            if self.tower_head_output not in TOWER_HEAD_OUTPUTS:
-                raise ValueError(f"tower_head_output must be one of {TOWER_HEAD_OUTPUTS}, got {self.tower_head_output!r}")
-            if self.tower_head_output == "mean" and self.mode == "vild":
-                raise ValueError("tower_head_output 'mean' is for modes image and ensemble: ViLD's one head "
-                                 "also takes the text loss")
             if self.tower_reads not in ("refined", "proposals"):
                 raise ValueError(f"tower_reads must be 'refined' or 'proposals', got {self.tower_reads!r}")
             if not self.tower_factors or min(self.tower_factors) <= 0 or self.tower_grid <= 0:

@@ -11,7 +11,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
 
 
 class RegionEmbeddingHead(nn.Module):
-    """RoI features [N, C, S, S] -> (features [N, F], embeddings [N, D] L2-normalised)."""
+    """RoI features [N, C, S, S] -> (features [N, F], embeddings [N, D]): L2-normalised unless
+    `normalize` is False (then the projection itself: `ViLDConfig.image_head_output` "mean")."""
 
     def __init__(
         self,
@@ -22,8 +23,10 @@ class RegionEmbeddingHead(nn.Module):
         fc_dims: tuple[int, ...],
         embed_dim: int,
         norm: str | None,
+        normalize: bool = True,
     ) -> None:
         super().__init__()
+        self.normalize = normalize
         norm_layer = partial(nn.GroupNorm, 32) if norm == "gn" else None
         self.body = FastRCNNConvFCHead(
             (in_channels, roi_size, roi_size), list(conv_dims), list(fc_dims), norm_layer=norm_layer
@@ -36,13 +39,14 @@ class RegionEmbeddingHead(nn.Module):
 
     def forward(self, roi_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(roi_features)
-        return features, F.normalize(self.projection(features), dim=-1)
+        embeddings = self.projection(features)
+        return features, F.normalize(embeddings, dim=-1) if self.normalize else embeddings
 
 
 class TowerEmbeddingHead(nn.Module):
     """Tower region features [N, F] (`vild.model.tower_regions`) -> (features [N, H],
     embeddings [N, D]): FC + ReLU layers, then a projection, L2-normalised unless `normalize`
-    is False (then the projection itself: `ViLDConfig.tower_head_output` "mean")."""
+    is False (then the projection itself: `ViLDConfig.image_head_output` "mean")."""
 
     def __init__(self, *, in_dim: int, fc_dims: tuple[int, ...], embed_dim: int, normalize: bool = True) -> None:
         super().__init__()

@@ -18,9 +18,9 @@ class Detections:
     scores:     [N] float in 0..1
     labels:     [N] int64, index into the vocabulary the detector was called with (0..C-1)
     masks:      [N, H, W] float mask probabilities at image resolution, or None
-    embeddings: [N, D] L2-normalised region embeddings (text head), or None
-    image_embeddings: [N, D] embeddings of the distillation head (ViLD-ensemble), or None; unit
-                length except from a tower head with tower_head_output "mean"
+    embeddings: [N, D] region embeddings (text head; ViLD-image's distillation head), or None
+    image_embeddings: [N, D] embeddings of the distillation head (ViLD-ensemble), or None
+                (both unit length except a distillation head's with image_head_output "mean")
     image_size: (H, W) of the original image
     class_names: label index -> name (e.g. "red star" with attributes), or None
 

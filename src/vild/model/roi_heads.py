@@ -38,7 +38,10 @@ class ViLDRoIHeads(nn.Module):
             embed_dim=config.embed_dim,
             norm=config.head_norm,
         )
-        self.text_head = RegionEmbeddingHead(**head_kwargs)
+        unit_image_head = config.image_head_output == "unit"
+        # ViLD-image's RoI head takes the distillation loss alone, so it follows image_head_output.
+        distills_alone = config.mode == "image" and config.image_head_input == "roi"
+        self.text_head = RegionEmbeddingHead(**head_kwargs, normalize=unit_image_head or not distills_alone)
         # ViLD-ensemble: a separate head takes the distillation loss alone; a tower-fed one
         # reads the teacher's tower instead of the RoI features (in modes image and ensemble).
         self.image_head: nn.Module | None = None
@@ -46,10 +49,9 @@ class ViLDRoIHeads(nn.Module):
             if tower_dim is None:
                 raise ValueError("a tower-fed distillation head needs the tower's feature width")
             self.image_head = TowerEmbeddingHead(in_dim=tower_dim, fc_dims=config.tower_fc_dims,
-                                                 embed_dim=config.embed_dim,
-                                                 normalize=config.tower_head_output == "unit")
+                                                 embed_dim=config.embed_dim, normalize=unit_image_head)
         elif config.mode == "ensemble":
-            self.image_head = RegionEmbeddingHead(**head_kwargs)
+            self.image_head = RegionEmbeddingHead(**head_kwargs, normalize=unit_image_head)
         self.box_regressor = nn.Linear(self.text_head.feature_dim, 4)
         nn.init.normal_(self.box_regressor.weight, std=0.001)
         nn.init.zeros_(self.box_regressor.bias)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vild.errors import VildError
 from vild.model import ViLDDetector, build_detector
-from vild.model.config import DISTILL_LOSSES, TOWER_HEAD_OUTPUTS
+from vild.model.config import DISTILL_LOSSES, IMAGE_HEAD_OUTPUTS
 from vild.model.heads import text_logits
 from vild.model.losses import classification_loss, distillation_loss, relational_distillation_loss
 from vild.model.tower_maps import OPEN_CLIP_TOWER, open_clip_map, open_clip_tower_spec
@@ -55,7 +55,7 @@ class TowerHeadConfig:
     seed: int = 0
     rarity: float = 0.0  # power of the label-free rarity weights (`vild.regions.rarity`); 0: uniform
     relational: float = 0.0  # weight of `relational_distillation_loss` beside the L1 term; 0: none
-    output: str = "unit"  # the head's embedding (`ViLDConfig.tower_head_output`): "unit" or "mean"
+    output: str = "unit"  # the head's embedding (`ViLDConfig.image_head_output`): "unit" or "mean"
     loss: str = "l1"  # the distillation loss (`ViLDConfig.distill_loss`); "mean" wants "l2"
 
     def __post_init__(self) -> None:
@@ -67,8 +67,8 @@ class TowerHeadConfig:
             raise ValueError(f"rarity is a power >= 0, got {self.rarity}")
         if self.relational < 0:
             raise ValueError(f"relational is a loss weight >= 0, got {self.relational}")
-        if self.output not in TOWER_HEAD_OUTPUTS:
-            raise ValueError(f"output must be one of {TOWER_HEAD_OUTPUTS}, got {self.output!r}")
+        if self.output not in IMAGE_HEAD_OUTPUTS:
+            raise ValueError(f"output must be one of {IMAGE_HEAD_OUTPUTS}, got {self.output!r}")
         if self.loss not in DISTILL_LOSSES:
             raise ValueError(f"loss must be 'l1' or 'l2', got {self.loss!r}")
         if self.output == "mean" and self.mode == "vild":
@@ -118,7 +118,7 @@ def tower_detector(base: ViLDDetector, teacher, config: TowerHeadConfig) -> ViLD
                   tower_mean=tuple(teacher.mean.flatten().tolist()),
                   tower_std=tuple(teacher.std.flatten().tolist()), tower_factors=tuple(config.factors),
                   tower_box_scales=tuple(config.box_scales), tower_grid=config.grid,
-                  tower_fc_dims=tuple(config.fc_dims), tower_head_output=config.output,
+                  tower_fc_dims=tuple(config.fc_dims), image_head_output=config.output,
                   distill_loss=config.loss, image_temperature=float(teacher.logit_scale))
     if config.mode == "vild":
         scale = float(teacher.logit_scale)
