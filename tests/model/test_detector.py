@@ -261,3 +261,12 @@ def test_a_mean_roi_head_trains_with_the_l2_loss_towards_the_teacher_embedding(t
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
     assert model.roi_heads.text_head.projection.bias.grad.abs().sum() > 0
+
+
+def test_an_unnormalised_roi_head_starts_at_the_origin():
+    """A mean RoI head's projection starts at zero (the default init collapsed it under SGD,
+    docs/distillation.md section 24), while its body and a unit head keep their random init."""
+    mean = build_detector(tiny_config(mode="ensemble", image_head_output="mean")).roi_heads
+    assert mean.image_head.projection.weight.abs().sum() == 0 and mean.image_head.projection.bias.abs().sum() == 0
+    assert all(p.abs().sum() > 0 for name, p in mean.image_head.body.named_parameters() if name.endswith("weight"))
+    assert mean.text_head.projection.weight.abs().sum() > 0

@@ -32,6 +32,13 @@ class RegionEmbeddingHead(nn.Module):
             (in_channels, roi_size, roi_size), list(conv_dims), list(fc_dims), norm_layer=norm_layer
         )
         self.projection = nn.Linear(fc_dims[-1], embed_dim)
+        if not normalize:
+            # At the default init an unnormalised projection starts far from every unit teacher
+            # embedding (length about 8 on ShapeWorld), and under the detector's SGD its first
+            # steps killed every ReLU of the body: the head collapsed to one constant embedding
+            # (docs/distillation.md section 24). From the origin it grows towards the teacher's.
+            nn.init.zeros_(self.projection.weight)
+            nn.init.zeros_(self.projection.bias)
 
     @property
     def feature_dim(self) -> int:
