@@ -14,6 +14,17 @@ BACKBONES = ("tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152
 NORMS = ("bn", "frozen_bn", "gn")
 
 
+def check_image_head_output(output: str, mode: str, field: str) -> None:
+    """The rule for a distillation head's output (`ViLDConfig.image_head_output`, the tower
+    head recipe's `output`): "mean" only where a head takes the distillation loss alone."""
+    if output not in IMAGE_HEAD_OUTPUTS:
+        raise ValueError(f"{field} must be one of {IMAGE_HEAD_OUTPUTS}, got {output!r}")
+    if output == "mean" and mode not in ("image", "ensemble"):
+        raise ValueError(f"{field} 'mean' is for modes image and ensemble: ViLD's one head also takes "
+                         "the text loss, whose logits would grow with an unnormalised embedding, and "
+                         "mode text has no distillation head")
+
+
 @dataclass(frozen=True)
 class ViLDConfig:
     """Everything that shapes the detector's weights and its post-processing.
@@ -116,11 +127,7 @@ class ViLDConfig:
             raise ValueError("ensemble_lambda must be in [0, 1]")
         if self.embed_dim <= 0:
             raise ValueError("embed_dim must be positive")
-        if self.image_head_output not in IMAGE_HEAD_OUTPUTS:
-            raise ValueError(f"image_head_output must be one of {IMAGE_HEAD_OUTPUTS}, got {self.image_head_output!r}")
-        if self.image_head_output == "mean" and self.mode not in ("image", "ensemble"):
-            raise ValueError("image_head_output 'mean' is for modes image and ensemble: ViLD's one head "
-                             "also takes the text loss, and mode text has no distillation head")
+        check_image_head_output(self.image_head_output, self.mode, "image_head_output")
         if self.image_head_input not in IMAGE_HEAD_INPUTS:
             raise ValueError(f"image_head_input must be one of {IMAGE_HEAD_INPUTS}, got {self.image_head_input!r}")
         if self.image_head_input == "tower":

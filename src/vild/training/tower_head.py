@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from vild.errors import VildError
 from vild.model import ViLDDetector, build_detector
-from vild.model.config import DISTILL_LOSSES, IMAGE_HEAD_OUTPUTS
+from vild.model.config import DISTILL_LOSSES, check_image_head_output
 from vild.model.heads import text_logits
 from vild.model.losses import classification_loss, distillation_loss, relational_distillation_loss
 from vild.model.tower_maps import OPEN_CLIP_TOWER, open_clip_map, open_clip_tower_spec
@@ -67,13 +67,9 @@ class TowerHeadConfig:
             raise ValueError(f"rarity is a power >= 0, got {self.rarity}")
         if self.relational < 0:
             raise ValueError(f"relational is a loss weight >= 0, got {self.relational}")
-        if self.output not in IMAGE_HEAD_OUTPUTS:
-            raise ValueError(f"output must be one of {IMAGE_HEAD_OUTPUTS}, got {self.output!r}")
+        check_image_head_output(self.output, self.mode, "output")
         if self.loss not in DISTILL_LOSSES:
             raise ValueError(f"loss must be 'l1' or 'l2', got {self.loss!r}")
-        if self.output == "mean" and self.mode == "vild":
-            raise ValueError("output 'mean' is for modes image and ensemble: ViLD's one head also takes "
-                             "the text loss, whose logits would grow with an unnormalised embedding")
 
     def record(self) -> dict:
         """As saved in tower_head.json (JSON types: tuples as lists)."""
