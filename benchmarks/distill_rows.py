@@ -7,9 +7,9 @@ region store, with other settings, into their own work folder (issue 14's ablati
         --out benchmarks/work/sw-s7-rarity0.5/seed0
 
 Each mode trains with `shapeworld.py`'s own `train_row` (the same preset, seed, 1000 steps,
-backbone and RPN frozen, the heads that imitate the teacher at its logit scale:
-`at_teacher_scale`) into OUT/MODE, one after another; run one process per mode to use more
-cores. `--scratch` trains the row from random initialisation instead (the paper's protocol,
+backbone and RPN frozen, the heads that imitate the teacher at its logit scale, the ensemble's
+distillation head unnormalised: `row_recipe`) into OUT/MODE, one after another; run one
+process per mode to use more cores. `--scratch` trains the row from random initialisation instead (the paper's protocol,
 `shapeworld.py --protocol scratch`; 4000 steps unless `--steps` is given), distilling the same
 store; `--trunk` is then not needed.
 Evaluate the rows with `benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import shapeworld  # noqa: E402
 from vild.teacher import Teacher  # noqa: E402
-from vild.training.presets import at_teacher_scale, parse_overrides  # noqa: E402
+from vild.training.presets import parse_overrides, row_recipe  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
@@ -63,8 +63,8 @@ def main() -> int:
     for mode in args.modes:
         shapeworld.train_row(args.out / mode, mode, seed=args.seed, args=row_args, world=args.world, vocab=vocab,
                              text=text, store=args.store, steps=steps, init_from=args.trunk,
-                             overrides=(at_teacher_scale(model_over, teacher.logit_scale, mode,
-                                                         shapeworld.row_preset(row_args)), train_over))
+                             overrides=(row_recipe(model_over, teacher.logit_scale, text.shape[1], mode,
+                                                   shapeworld.row_preset(row_args)), train_over))
     return 0
 
 

@@ -57,7 +57,7 @@ from shapeworld_rows import (  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
 from vild.training.distributed import resolve_device  # noqa: E402
 from vild.training.loop import TrainData, train_detector  # noqa: E402
-from vild.training.presets import at_teacher_scale, parse_overrides, preset  # noqa: E402
+from vild.training.presets import parse_overrides, preset, row_recipe  # noqa: E402
 from vild.training.vocabulary import (  # noqa: E402
     dataset_vocabulary,
     subset,
@@ -150,7 +150,7 @@ def train_seed_rows(seed: int, args, world: Path, teacher, vocab: dict, text: to
         if mode in ("image", "vild", "ensemble"):
             rarity = args.image_rarity if mode == "image" else args.rarity
             train_over = {"distill_rarity": rarity, **train_over}
-        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode, row_preset(args))
+        model_over = row_recipe(model_over, teacher.logit_scale, text.shape[1], mode, row_preset(args))
         kwargs = dict(kwargs, overrides=(model_over, train_over))
         return train_row(seed_dir / mode, "text" if mode == "supervised" else mode, **kwargs)
 

@@ -67,6 +67,11 @@ def test_quick_benchmark_writes_every_row(tmp_path):
              for mode in ("text", "vild", "ensemble")}
     assert heads["text"]["temperature"] == heads["ensemble"]["temperature"] == 50.0
     assert heads["vild"]["temperature"] == heads["vild"]["image_temperature"] != 50.0
+    # the ensemble's distillation head is left unnormalised, with the L2 loss (`row_recipe`)
+    outputs = {mode: json.loads((tmp_path / "work" / "seed0" / mode / "model_config.json").read_text())
+               for mode in ("image", "ensemble")}
+    assert (outputs["ensemble"]["image_head_output"], outputs["ensemble"]["distill_loss"]) == ("mean", "l2")
+    assert (outputs["image"]["image_head_output"], outputs["image"]["distill_loss"]) == ("unit", "l1")
     # the tower rows: the seed's ViLD-text row with a head on the teacher's own tower
     tower = json.loads((tmp_path / "work" / "seed0" / "tower" / "model_config.json").read_text())
     assert (tower["mode"], tower["image_head_input"], tower["fpn_channels"]) == ("ensemble", "tower", 32)

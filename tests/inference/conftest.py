@@ -30,8 +30,9 @@ def _seed_and_threads(monkeypatch, tmp_path_factory):
 
 
 def write_model_folder(root, *, mode="ensemble", seed=0, teacher_ref="relative", with_detector_json=True,
-                       templates="vild"):
-    """root/teacher (tiny open_clip folder) + root/model (tiny ViLD folder); returns root/model."""
+                       templates="vild", **config):
+    """root/teacher (tiny open_clip folder) + root/model (tiny ViLD folder; `config`: more
+    ViLDConfig settings); returns root/model."""
     from vild.model import build_detector
     from vild.training.checkpoint import save_model, save_vocabulary
     from vild.training.vocabulary import text_embeddings_for
@@ -44,7 +45,7 @@ def write_model_folder(root, *, mode="ensemble", seed=0, teacher_ref="relative",
     vocab = dict(VOCAB, teacher={"name": str(teacher_dir), "identity": teacher.identity})
     emb = text_embeddings_for(teacher, vocab, cache_dir=os.environ.get("VILD_CACHE_DIR"))
     torch.manual_seed(seed)
-    model = build_detector(tiny_config(mode=mode, embed_dim=32, detections_per_image=50)).eval()
+    model = build_detector(tiny_config(mode=mode, embed_dim=32, detections_per_image=50, **config)).eval()
     folder = root / "model"
     save_model(folder, model)
     save_vocabulary(folder, vocab, emb)

@@ -82,6 +82,31 @@ def test_onnxruntime_matches_pytorch_for_any_vocabulary(pair, vocabulary):
     assert total > 10  # the comparison saw detections, not empty lists
 
 
+def test_an_unnormalised_distillation_head_exports_with_its_length(tmp_path):
+    """Mode ensemble's distillation head is unnormalised by default since docs/distillation.md
+    section 25: the exported graph gives PyTorch's detections, and its region embeddings keep
+    their length."""
+    from tests.inference.conftest import write_model_folder
+    from vild.export.onnx import export_model
+    from vild.training.checkpoint import load_model, save_model
+
+    torch.set_num_threads(1)
+    folder = write_model_folder(tmp_path, image_head_output="mean")
+    model = load_model(folder)
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.roi_heads.image_head.projection.weight, std=0.05)  # it starts at zero
+    save_model(folder, model)
+    path, info, compared = export_model(str(folder), tmp_path / "mean.onnx")  # check=True: raises on a mismatch
+    assert info.config.image_head_output == "mean" and compared > 0
+    got = OnnxDetector.load(path, device="cpu", threads=1).detect(images()[:2], threshold=0.0, max_detections=20)
+    want = Detector.from_pretrained(str(folder)).detect(images()[:2], threshold=0.0, max_detections=20, batch_size=1)
+    for w, g in zip(want, got):
+        lengths = w.image_embeddings.norm(dim=1)
+        assert len(w) and lengths.max() - lengths.min() > 0.1  # not unit vectors
+        for i, j in matched_pairs(w, g):
+            assert (w.image_embeddings[i] - g.image_embeddings[j]).abs().max() < 1e-3
+
+
 def test_exemplars_run_through_the_graph_without_re_export(pair):
     """An example image is one more row of the vocabulary input: the graph and PyTorch agree."""
     from vild.inference.exemplars import Exemplar

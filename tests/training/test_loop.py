@@ -10,7 +10,7 @@ from vild.errors import VildError
 from vild.training.checkpoint import load_model, load_vocabulary
 from vild.training.config import TrainConfig, learning_rate
 from vild.training.loop import StepBatches, TrainData, train_detector
-from vild.training.presets import at_teacher_scale, parse_overrides, preset
+from vild.training.presets import at_teacher_scale, parse_overrides, preset, row_recipe
 from vild.training.vocabulary import dataset_vocabulary, world_paths
 
 
@@ -130,6 +130,25 @@ def test_heads_that_imitate_the_teacher_take_its_temperature_unless_given():
     model, _ = preset("shapeworld", model=at_teacher_scale({"mode": "vild"}, 20.5, "vild", "shapeworld"))
     assert model.temperature == model.image_temperature == 20.5
     assert model.distill_weight == pytest.approx(0.205)
+
+
+def test_the_ensembles_roi_distillation_head_is_unnormalised_with_the_l2_loss_unless_given():
+    """Mode ensemble only, on the RoI features: the L2 weight gives the L1 term's gradient at a
+    residual of length 1 (0.5 x sqrt(256) / 2 = 4); anything the user sets about the head
+    keeps the dataclass defaults for the rest, and other modes are as `at_teacher_scale` has them."""
+    recipe = row_recipe({}, 20.5, 256, "ensemble", "shapeworld")
+    assert recipe == {"image_temperature": 20.5, "image_head_output": "mean", "distill_loss": "l2",
+                      "distill_weight": pytest.approx(4.0)}
+    model, _ = preset("shapeworld", model=dict(recipe, mode="ensemble", embed_dim=256))
+    assert (model.image_head_output, model.distill_loss) == ("mean", "l2")
+    # the LVIS R152 preset's weight 1.0 at CLIP's 512 dimensions
+    assert row_recipe({}, 100.0, 512, "ensemble", "lvis-r152")["distill_weight"] == pytest.approx(512 ** 0.5 / 2)
+    for given in ({"image_head_output": "unit"}, {"distill_loss": "l1"}, {"distill_weight": 2.0}):
+        assert row_recipe(given, 20.5, 256, "ensemble", "shapeworld") == {**given, "image_temperature": 20.5}
+    tower = {"image_head_input": "tower", "tower_model": "resnet18"}
+    assert "image_head_output" not in row_recipe(tower, 20.5, 256, "ensemble", "shapeworld")
+    for mode in ("text", "image", "vild"):
+        assert row_recipe({}, 20.5, 256, mode, "shapeworld") == at_teacher_scale({}, 20.5, mode, "shapeworld")
 
 
 def test_rarity_weighted_distillation_trains_and_changes_the_weights(tiny_world, tmp_path):

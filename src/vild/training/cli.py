@@ -104,7 +104,7 @@ def _run(args, device, info) -> int:
     from vild.teacher import Teacher
     from vild.training import finetune
     from vild.training.loop import TrainData, train_detector
-    from vild.training.presets import at_teacher_scale, parse_overrides, preset
+    from vild.training.presets import parse_overrides, preset, row_recipe
     from vild.training.vocabulary import (
         dataset_vocabulary, labelled_category_ids, split_source, subset, text_embeddings_for,
     )
@@ -177,7 +177,7 @@ def _run(args, device, info) -> int:
     if init is None:
         model_over["embed_dim"] = int(all_embeddings.shape[1])
         mode = model_over.get("mode") or preset(args.preset)[0].mode
-        model_over = at_teacher_scale(model_over, teacher.logit_scale, mode, args.preset)
+        model_over = row_recipe(model_over, teacher.logit_scale, model_over["embed_dim"], mode, args.preset)
         model_config, train_config = preset(args.preset, model=model_over, train=train_over)
     store = args.region_store
     if model_config.uses_distillation:

@@ -4,6 +4,7 @@ are scaled to train on 2 CPU cores (see README: deviations)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from vild.errors import VildError
 from vild.model import ViLDConfig
@@ -108,6 +109,38 @@ def at_teacher_scale(model: dict, logit_scale: float, mode: str, preset_name: st
         out["temperature"] = float(logit_scale)
         out.setdefault("distill_weight", base.distill_weight * float(logit_scale) / base.temperature)
     return out
+
+
+def ensemble_distillation_head(model: dict, mode: str, preset_name: str, embed_dim: int) -> dict:
+    """Model overrides with mode "ensemble"'s RoI distillation head left unnormalised
+    (`image_head_output="mean"`) and trained with the L2 loss, unless `model` gives the head's
+    output, loss or weight (then the dataclass defaults fill the rest) or puts the head on the
+    teacher's tower (whose ensemble this did not lift: docs/distillation.md section 23).
+
+    The L2 weight gives the loss the gradient the preset's L1 term has: the L1 gradient on a
+    D-dimensional embedding has norm sqrt(D) x w, the L2 one 2 |s - t| x w', equal at |s - t|
+    = 1 (a unit teacher embedding against a head that starts at the origin) for w' = w sqrt(D)
+    / 2: 4 for ShapeWorld's 0.5 and D = 256. Adopted by the rule written before its second
+    world ran (sections 24-25): the ensemble gained 0.65 and 1.60 APr on world s13 remade and
+    0.72 and 1.52 on world s7 remade. ViLD-image keeps the unit head (on the RoI features the
+    L2 loss costs its direction more than the length gives, section 24)."""
+    out = dict(model)
+    given = {"image_head_output", "distill_loss", "distill_weight"} & out.keys()
+    if mode != "ensemble" or given:
+        return out
+    base = preset(preset_name, model=dict(out, mode=mode, embed_dim=embed_dim))[0]
+    if base.image_head_input != "roi":
+        return out
+    out.update(image_head_output="mean", distill_loss="l2",
+               distill_weight=base.distill_weight * math.sqrt(embed_dim) / 2)
+    return out
+
+
+def row_recipe(model: dict, logit_scale: float, embed_dim: int, mode: str, preset_name: str) -> dict:
+    """Model overrides for training a row of `mode` from `preset_name` with a teacher of this
+    logit scale and embedding size: `at_teacher_scale`, then `ensemble_distillation_head`."""
+    return ensemble_distillation_head(at_teacher_scale(model, logit_scale, mode, preset_name), mode,
+                                      preset_name, embed_dim)
 
 
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
