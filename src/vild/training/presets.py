@@ -122,8 +122,9 @@ def ensemble_distillation_head(model: dict, mode: str, preset_name: str, embed_d
     = 1 (a unit teacher embedding against a head that starts at the origin) for w' = w sqrt(D)
     / 2: 4 for ShapeWorld's 0.5 and D = 256. Adopted by the rule written before its second
     world ran (sections 24-25): the ensemble gained 0.65 and 1.60 APr on world s13 remade and
-    0.72 and 1.52 on world s7 remade. ViLD-image keeps the unit head (on the RoI features the
-    L2 loss costs its direction more than the length gives, section 24)."""
+    0.72 and 1.52 on world s7 remade (a third seed there, run afterwards: -0.21). ViLD-image
+    keeps the unit head (on the RoI features the L2 loss costs its direction more than the
+    length gives, section 24)."""
     out = dict(model)
     given = {"image_head_output", "distill_loss", "distill_weight"} & out.keys()
     if mode != "ensemble" or given:
