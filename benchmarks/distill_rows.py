@@ -9,9 +9,9 @@ region store, with other settings, into their own work folder (issue 14's ablati
 Each mode trains with `shapeworld.py`'s own `train_row` (the same preset, seed, 1000 steps,
 backbone and RPN frozen, the heads that imitate the teacher at its logit scale, the ensemble's
 distillation head unnormalised: `row_recipe`) into OUT/MODE, one after another; run one
-process per mode to use more cores. `--scratch` trains the row from random initialisation instead (the paper's protocol,
-`shapeworld.py --protocol scratch`; 4000 steps unless `--steps` is given), distilling the same
-store; `--trunk` is then not needed.
+process per mode to use more cores. `--scratch` trains the row from random initialisation
+instead (the paper's protocol, `shapeworld.py --protocol scratch`; 4000 steps unless `--steps`
+is given), distilling the same store; `--trunk` is then not needed.
 Evaluate the rows with `benchmarks/distill_eval_sweep.py --rows OUT/MODE ... --set image_temperature=teacher`.
 """
 

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'vild[export]')")
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'vild[export]')")
 
-from tests.inference.conftest import scene  # noqa: E402
+from tests.inference.conftest import scene, write_model_folder  # noqa: E402
 from vild.cli import main  # noqa: E402
 from vild.errors import VildError  # noqa: E402
 from vild.inference import Detector, Vocabulary  # noqa: E402
@@ -86,7 +86,6 @@ def test_an_unnormalised_distillation_head_exports_with_its_length(tmp_path):
     """Mode ensemble's distillation head is unnormalised by default since docs/distillation.md
     section 25: the exported graph gives PyTorch's detections, and its region embeddings keep
     their length."""
-    from tests.inference.conftest import write_model_folder
     from vild.export.onnx import export_model
     from vild.training.checkpoint import load_model, save_model
 
