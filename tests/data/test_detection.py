@@ -232,6 +232,41 @@ def test_region_store_targets_and_collate(tmp_path):
     assert [t["image_id"] for t in targets] == [1, 2, 5]
 
 
+class _PartsStore(_FakeStore):
+    """Image 1's proposals against its labelled boxes [10, 5, 30, 15] and [40, 20, 55, 35]:
+    IoU 0 (background), 0.25 (a loose box), 1 and 0.9 (the object itself)."""
+
+    def get(self, image_id):
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 25.0],
+                              [10.0, 5.0, 30.0, 15.0], [10.0, 5.0, 28.0, 15.0]])
+        emb = torch.nn.functional.normalize(torch.arange(16.0).reshape(4, 4) + 1, dim=-1)
+        return boxes, torch.tensor([0.9, 0.8, 0.7, 0.6]), emb
+
+
+def test_skip_labelled_parts_drops_proposals_in_the_iou_range(tmp_path):
+    images_dir, ann_file, _ = make_dataset(tmp_path)
+    weights = {1: torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    every = DetectionDataset(images_dir, ann_file, region_store=_PartsStore(), region_weights=weights)
+    _, t_all = every[0]
+    ds = DetectionDataset(images_dir, ann_file, region_store=_PartsStore(), region_weights=weights,
+                          skip_labelled_parts=(0.1, 0.5))
+    _, t = ds[0]
+    kept = [0, 2, 3]  # the loose box (IoU 0.25) goes; background and the object stay
+    assert torch.equal(t["distill_boxes"], t_all["distill_boxes"][kept])
+    assert torch.equal(t["distill_embeddings"], t_all["distill_embeddings"][kept])
+    assert t["distill_weights"].tolist() == [1.0, 3.0, 4.0]
+    # a range reaching IoU 0 drops the background proposal too; one above 0.25 keeps all
+    assert len(DetectionDataset(images_dir, ann_file, region_store=_PartsStore(),
+                                skip_labelled_parts=(0.0, 0.5))[0][1]["distill_boxes"]) == 2
+    assert len(DetectionDataset(images_dir, ann_file, region_store=_PartsStore(),
+                                skip_labelled_parts=(0.3, 0.5))[0][1]["distill_boxes"]) == 4
+    # an image without labelled boxes keeps every proposal
+    _, t_empty = ds[1]
+    assert len(t_empty["distill_boxes"]) == 4
+    with pytest.raises(VildError, match="IoU range"):
+        DetectionDataset(images_dir, ann_file, region_store=_PartsStore(), skip_labelled_parts=(0.5, 0.5))
+
+
 def test_transform_is_applied(tmp_path):
     images_dir, ann_file, _ = make_dataset(tmp_path)
 

@@ -180,3 +180,20 @@ def test_rarity_weighted_distillation_trains_and_changes_the_weights(tiny_world,
 
     uniform, explicit, rare = train("uniform"), train("explicit", distill_rarity=0.0), train("rare", distill_rarity=1.0)
     assert torch.equal(uniform, explicit) and not torch.equal(uniform, rare)
+    # leaving out the labelled objects' parts and loose boxes reaches training too
+    assert not torch.equal(uniform, train("skip", distill_skip_part_iou=0.1))
+
+
+def test_skipped_parts_range_and_its_checks():
+    from vild.errors import VildError
+    from vild.model.config import ViLDConfig
+    from vild.training.config import TrainConfig
+    from vild.training.distill_selection import skipped_parts
+
+    assert skipped_parts(TrainConfig(), ViLDConfig()) is None
+    assert skipped_parts(TrainConfig(distill_skip_part_iou=0.1), ViLDConfig()) == (0.1, 0.5)
+    assert skipped_parts(TrainConfig(distill_skip_part_iou=0.1), ViLDConfig(roi_fg_iou_thresh=0.6)) == (0.1, 0.6)
+    with pytest.raises(VildError, match="below roi_fg_iou_thresh"):
+        skipped_parts(TrainConfig(distill_skip_part_iou=0.5), ViLDConfig())
+    with pytest.raises(ValueError, match="IoU in"):
+        TrainConfig(distill_skip_part_iou=1.0)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 from vild.data.images import load_image
 from vild.errors import VildError
@@ -128,6 +129,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     `distill_embeddings`. Images missing from the store get P = 0 unless `strict_regions`.
     `region_weights`: {image id: [P] per-proposal loss weights} (`vild.regions.rarity`); adds
     `distill_weights`.
+    `skip_labelled_parts` (low, high): distilled proposals whose best IoU with a labelled box
+    lies in [low, high) are left out, parts and loose boxes of labelled objects that the
+    classification loss calls background (docs/distillation.md section 27); None keeps all.
     `transform(image, target) -> (image, target)` is applied last.
     """
 
@@ -142,6 +146,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         transform: Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]] | None = None,
         with_masks: bool = True,
         strict_regions: bool = False,
+        skip_labelled_parts: tuple[float, float] | None = None,
     ) -> None:
         self.images_dir = Path(images_dir)
         self.annotation_file = None if isinstance(annotation_file, dict) else Path(annotation_file)
@@ -149,6 +154,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.with_masks = bool(with_masks)
         self.strict_regions = bool(strict_regions)
+        if skip_labelled_parts is not None and not 0 <= skip_labelled_parts[0] < skip_labelled_parts[1] <= 1:
+            raise VildError(f"skip_labelled_parts is an IoU range 0 <= low < high <= 1, got {skip_labelled_parts}")
+        self.skip_labelled_parts = skip_labelled_parts
 
         cats_by_id = {int(c["id"]): c for c in data["categories"]}
         if category_ids is None:
@@ -288,10 +296,10 @@ class DetectionDataset(torch.utils.data.Dataset):
             else:
                 target["masks"] = torch.zeros((0, h, w), dtype=torch.uint8)
         if self.region_store is not None:
-            target.update(self._distill_targets(index))
+            target.update(self._distill_targets(index, target["boxes"]))
         return target
 
-    def _distill_targets(self, index: int) -> dict[str, torch.Tensor]:
+    def _distill_targets(self, index: int, labelled_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
         image_id = int(self.image_ids[index])
         entry = self.region_store.get(image_id)
         if entry is None:
@@ -310,6 +318,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.region_weights is not None:
             weights = self.region_weights.get(image_id)
             out["distill_weights"] = torch.ones(len(boxes)) if weights is None else weights.to(torch.float32)
+        if self.skip_labelled_parts is not None and len(labelled_boxes) and len(boxes):
+            low, high = self.skip_labelled_parts
+            best = box_iou(out["distill_boxes"], labelled_boxes.to(torch.float32)).max(dim=1).values
+            keep = (best < low) | (best >= high)
+            out = {key: value[keep] for key, value in out.items()}
         return out
 
 

@@ -30,6 +30,10 @@ class TrainConfig:
     distill_rarity: each distilled proposal's loss is weighted by the rarity of its teacher
     embedding, (1 + neighbours with cosine > distill_rarity_threshold) ** -distill_rarity
     (`vild.regions.rarity`; label-free). 0 = the paper's uniform weights.
+    distill_skip_part_iou: distilled proposals whose best IoU with a labelled (base) box lies in
+    [this, the model's roi_fg_iou_thresh) are not distilled: parts and loose boxes of labelled
+    objects, which the classification loss calls background (docs/distillation.md section 27).
+    It reads the base labels alone. None = the paper's: every stored proposal.
     """
 
     steps: int = 2000
@@ -57,6 +61,7 @@ class TrainConfig:
     precision: str = "fp32"
     distill_rarity: float = 0.0
     distill_rarity_threshold: float = 0.8
+    distill_skip_part_iou: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size <= 0:
@@ -80,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"distill_rarity must be >= 0, got {self.distill_rarity}")
         if not -1 < self.distill_rarity_threshold < 1:
             raise ValueError(f"distill_rarity_threshold is a cosine in (-1, 1), got {self.distill_rarity_threshold}")
+        if self.distill_skip_part_iou is not None and not 0 <= self.distill_skip_part_iou < 1:
+            raise ValueError(f"distill_skip_part_iou is an IoU in [0, 1), got {self.distill_skip_part_iou}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ValueError("checkpoint_every and log_every must be positive")
 

@@ -40,6 +40,7 @@ from vild.training.checkpoint import (
     save_vocabulary,
 )
 from vild.training.config import TrainConfig, learning_rate
+from vild.training.distill_selection import distill_weights, skipped_parts
 from vild.training.finetune import initialise_from
 
 
@@ -126,17 +127,6 @@ class _NonFiniteWatch:
                 f"loss became non-finite at step {first} (losses of the last step: {now}); "
                 "lower the learning rate or enable clip_grad_norm"
             )
-
-
-def distill_weights(store, config: TrainConfig) -> dict | None:
-    """Per-proposal rarity weights of the region store (None: uniform, the paper's loss)."""
-    if store is None or not config.distill_rarity:
-        return None
-    from vild.regions import RegionStore
-    from vild.regions.rarity import rarity_weights
-
-    store = RegionStore(store) if isinstance(store, (str, Path)) else store
-    return rarity_weights(store, power=config.distill_rarity, threshold=config.distill_rarity_threshold)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -254,6 +244,7 @@ def _train(model_config, train_config, data, text_embeddings, out_dir: Path, *, 
             train_config.output_size, tuple(train_config.scale_range), train_config.hflip_prob
         ),
         with_masks=model_config.with_masks,
+        skip_labelled_parts=skipped_parts(train_config, model_config),
     )
     batches = StepBatches(dataset, train_config)
     if train_config.init_from:
