@@ -17,6 +17,9 @@ AP 100 they would all be hits). Each kept detection is, in this order:
   * background: none of these (IoU < 0.1 with every object).
 Counts are summed over the novel categories and over the base ones. Box AP falling further
 below CLIP on crops' than mask AP does (docs/distillation.md section 21) points at loose boxes.
+With --recall F, each row also gets what it ranks before hitting F of each category's objects
+(every detection met on the way, hits included): the false positives that set its precision
+there (docs/distillation.md section 27).
 """
 
 from __future__ import annotations
@@ -49,8 +52,13 @@ def _xyxy(xywh: list[list[float]]) -> torch.Tensor:
     return box_convert(torch.tensor(xywh, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
-def breakdown(detections: list[dict], annotations: dict, image_ids: set[int], novel_ids: set[int]) -> dict:
-    """{"novel": {kind: count}, "base": {...}} over each category's top-N detections."""
+def breakdown(detections: list[dict], annotations: dict, image_ids: set[int], novel_ids: set[int],
+              recall: float | None = None) -> dict:
+    """{"novel": {kind: count}, "base": {...}} over each category's top-N detections.
+
+    recall: instead of the first N, every detection met while walking a category's detections
+    by score until that fraction of its N objects is hit (or the detections run out): what a
+    row ranks above its hits, which sets its precision at that recall."""
     objects: dict[int, list[dict]] = {}
     for ann in annotations["annotations"]:
         if ann["image_id"] in image_ids:
@@ -62,30 +70,38 @@ def breakdown(detections: list[dict], annotations: dict, image_ids: set[int], no
                         key=lambda d: -d["score"])
         taken: set[int] = set()
         split = counts["novel" if cat in novel_ids else "base"]
-        for det in ranked[:wanted]:
-            anns = objects.get(det["image_id"], [])
-            if not anns:
-                split["background"] += 1
-                continue
-            iou = box_iou(_xyxy([det["bbox"]]), _xyxy([a["bbox"] for a in anns]))[0]
-            same = torch.tensor([a["category_id"] == cat for a in anns])
-            same_iou = torch.where(same, iou, torch.zeros_like(iou))
-            free = [i for i in same_iou.argsort(descending=True).tolist()
-                    if same_iou[i] >= 0.5 and anns[i]["id"] not in taken]
-            if free:
-                taken.add(anns[free[0]]["id"])
-                split["hit"] += 1
-            elif same_iou.max() >= 0.5:
-                split["duplicate"] += 1
-            elif same_iou.max() >= 0.1:
-                split["loose"] += 1
-            elif torch.where(same, torch.zeros_like(iou), iou).max() >= 0.5:
-                split["other object"] += 1
-            elif iou.max() >= 0.1:
-                split["part of an object"] += 1
-            else:
-                split["background"] += 1
+        hits = 0
+        for det in (ranked if recall is not None else ranked[:wanted]):
+            if recall is not None and hits >= recall * wanted:
+                break
+            kind = _kind(det, objects.get(det["image_id"], []), cat, taken)
+            hits += kind == "hit"
+            split[kind] += 1
     return {split: {kind: c[kind] for kind in KINDS} | {"ranked": sum(c.values())} for split, c in counts.items()}
+
+
+def _kind(det: dict, anns: list[dict], cat: int, taken: set[int]) -> str:
+    """One of KINDS for a detection of category `cat` among its image's objects; a hit takes
+    its object (added to `taken`)."""
+    if not anns:
+        return "background"
+    iou = box_iou(_xyxy([det["bbox"]]), _xyxy([a["bbox"] for a in anns]))[0]
+    same = torch.tensor([a["category_id"] == cat for a in anns])
+    same_iou = torch.where(same, iou, torch.zeros_like(iou))
+    free = [i for i in same_iou.argsort(descending=True).tolist()
+            if same_iou[i] >= 0.5 and anns[i]["id"] not in taken]
+    if free:
+        taken.add(anns[free[0]]["id"])
+        return "hit"
+    if same_iou.max() >= 0.5:
+        return "duplicate"
+    if same_iou.max() >= 0.1:
+        return "loose"
+    if torch.where(same, torch.zeros_like(iou), iou).max() >= 0.5:
+        return "other object"
+    if iou.max() >= 0.1:
+        return "part of an object"
+    return "background"
 
 
 def main() -> int:
@@ -94,6 +110,8 @@ def main() -> int:
     p.add_argument("--teacher", type=Path, required=True)
     p.add_argument("--row", action="append", required=True, metavar="LABEL=MODEL_DIR:METHOD")
     p.add_argument("--val-images", type=int, default=250)
+    p.add_argument("--recall", type=float, nargs="*", default=[],
+                   help="also count what each row ranks before hitting this fraction of a category's objects")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -113,6 +131,8 @@ def main() -> int:
                                       vocab["category_ids"], base_mask=base, method=method, teacher=teacher,
                                       max_images=args.val_images, progress=False)
         row = breakdown(detections, annotations, image_ids, set(novel_ids))
+        for level in args.recall:
+            row[f"before_recall_{level:g}"] = breakdown(detections, annotations, image_ids, set(novel_ids), level)
         row["seconds"] = round(time.perf_counter() - started, 1)
         result["rows"][label] = row
         print(label, row, flush=True)

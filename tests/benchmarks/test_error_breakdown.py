@@ -55,3 +55,20 @@ def test_a_novel_name_on_another_object_is_a_naming_error():
     detections = [_det(1, NOVEL, [50, 0, 10, 10], 0.9), _det(2, NOVEL, [40, 40, 20, 20], 0.8)]
     out = breakdown(detections, _annotations(), {1, 2}, {NOVEL})
     assert out["novel"]["other object"] == 1 and out["novel"]["hit"] == 1
+
+
+def test_before_recall_counts_everything_ranked_above_the_hits_it_needs():
+    detections = [
+        _det(1, NOVEL, [50, 0, 10, 10], 0.99),   # the base object, named novel
+        _det(2, NOVEL, [0, 0, 10, 10], 0.98),    # loose
+        _det(1, NOVEL, [0, 0, 10, 10], 0.9),     # hit 1
+        _det(1, NOVEL, [90, 90, 5, 5], 0.8),     # background
+        _det(2, NOVEL, [0, 0, 20, 20], 0.7),     # hit 2
+        _det(2, NOVEL, [40, 40, 20, 20], 0.5),   # hit 3
+    ]
+    first_third = breakdown(detections, _annotations(), {1, 2}, {NOVEL}, recall=1 / 3)["novel"]
+    assert (first_third["other object"], first_third["loose"], first_third["hit"], first_third["ranked"]) == (1, 1, 1, 3)
+    whole = breakdown(detections, _annotations(), {1, 2}, {NOVEL}, recall=1.0)["novel"]
+    assert whole["hit"] == 3 and whole["background"] == 1 and whole["ranked"] == 6
+    # without recall: the first N = 3 only
+    assert breakdown(detections, _annotations(), {1, 2}, {NOVEL})["novel"]["ranked"] == 3
