@@ -21,7 +21,9 @@ from torchvision.ops import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from shapeworld_diagnostics import images_with_objects  # noqa: E402
 from vild.data.detection import DetectionDataset  # noqa: E402
 from vild.io import save_json  # noqa: E402
 from vild.training.checkpoint import load_model  # noqa: E402
@@ -33,15 +35,9 @@ def refinement(model, dataset: DetectionDataset, base: torch.Tensor, max_images:
     """{"novel"|"base": {"proposals", "proposal_iou", "refined_iou"}} (mean IoUs)."""
     model.eval()
     sums = {split: [0, 0.0, 0.0] for split in ("novel", "base")}
-    for i in range(min(max_images, len(dataset))):
-        image, target = dataset[i]
-        if len(target["boxes"]) == 0:
-            continue
-        image_list, resized = model.transform([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
-        features = model.backbone(image_list.tensors)
+    for target, image_list, objects, features in images_with_objects(model, dataset, max_images):
         proposals, _, _ = model._propose(image_list, features, None)
         refined = model.roi_heads.region_outputs(features, proposals, image_list.image_sizes)[0][0]
-        objects = resized[0]["boxes"]
         best, match = box_iou(proposals[0], objects).max(dim=1)
         after = box_iou(refined, objects)[torch.arange(len(match)), match]
         on_base = base[target["labels"][match]]

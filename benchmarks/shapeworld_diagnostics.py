@@ -37,6 +37,17 @@ from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, wo
 
 
 @torch.no_grad()
+def images_with_objects(model, dataset: DetectionDataset, max_images: int):
+    """Yield (target, the model's image list, its boxes resized to it, backbone features) for
+    each of the first `max_images` images that has objects."""
+    for i in range(min(max_images, len(dataset))):
+        image, target = dataset[i]
+        if len(target["boxes"]) == 0:
+            continue
+        image_list, resized = model.transform([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
+        yield target, image_list, resized[0]["boxes"], model.backbone(image_list.tensors)
+
+
 def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tensor, base: torch.Tensor,
                               max_images: int, names: list[str] | None = None) -> dict:
     """Top-1 of each head's embedding of every ground-truth box against all text embeddings.
@@ -48,13 +59,8 @@ def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tens
     is_novel: list[bool] = []
     predicted: dict[str, list[int]] = {name: [] for name in hits}
     truth: list[int] = []
-    for i in range(min(max_images, len(dataset))):
-        image, target = dataset[i]
-        if len(target["boxes"]) == 0:
-            continue
-        image_list, resized = model.transform([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
-        features = model.backbone(image_list.tensors)
-        pooled = heads.box_roi_pool(features, [resized[0]["boxes"]], image_list.image_sizes)
+    for target, image_list, resized_boxes, features in images_with_objects(model, dataset, max_images):
+        pooled = heads.box_roi_pool(features, [resized_boxes], image_list.image_sizes)
         _, embeddings = heads.text_head(pooled)
         image_embeddings = heads.image_head(pooled)[1] if heads.image_head is not None else None
         labels = target["labels"]
