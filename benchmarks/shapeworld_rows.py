@@ -53,7 +53,7 @@ def check_same_schedule(out: Path, wanted, wanted_model=None) -> None:
     if wanted_model is None or wanted_model.mode != "text":
         defaults = {f.name: f.default for f in dataclasses.fields(wanted)}
         checks += [(key, saved.get(key, defaults[key]), getattr(wanted, key))
-                   for key in ("distill_rarity", "distill_rarity_threshold")]
+                   for key in ("distill_rarity", "distill_rarity_threshold", "distill_skip_part_iou")]
     if wanted_model is not None and (out / "model_config.json").is_file():
         model = json.loads((out / "model_config.json").read_text())
         asked = json.loads(json.dumps(config_to_dict(wanted_model)))  # tuples as saved: lists

@@ -156,6 +156,12 @@ def test_a_finished_row_trained_on_another_schedule_is_not_reused(tmp_path):
     bench.check_same_schedule(tmp_path, saved)
     with pytest.raises(SystemExit, match="distill_rarity"):
         bench.check_same_schedule(tmp_path, dataclasses.replace(saved, distill_rarity=1.0))
+    # a row saved before distill_skip_part_iou existed distilled every proposal
+    older = {k: v for k, v in older.items() if k != "distill_skip_part_iou"}
+    (tmp_path / "train_config.json").write_text(json.dumps(older))
+    bench.check_same_schedule(tmp_path, saved)
+    with pytest.raises(SystemExit, match="distill_skip_part_iou"):
+        bench.check_same_schedule(tmp_path, dataclasses.replace(saved, distill_skip_part_iou=0.1))
 
 
 def test_a_finished_row_is_reused_across_trunk_paths_and_by_text_rows_across_rarity(tmp_path, monkeypatch):
