@@ -33,7 +33,8 @@ class TrainConfig:
     distill_skip_part_iou: distilled proposals whose best IoU with a labelled (base) box lies in
     [this, the model's roi_fg_iou_thresh) are not distilled: parts and loose boxes of labelled
     objects, which the classification loss calls background (docs/distillation.md section 27).
-    It reads the base labels alone. None = the paper's: every stored proposal.
+    It reads the base labels alone. None = the paper's: every stored proposal. Meant for ViLD's
+    one head, where both losses meet on one embedding; the ensemble's head loses with it.
     """
 
     steps: int = 2000
