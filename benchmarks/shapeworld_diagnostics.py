@@ -36,7 +36,6 @@ from vild.training.checkpoint import load_model, load_vocabulary  # noqa: E402
 from vild.training.vocabulary import dataset_vocabulary, text_embeddings_for, world_paths  # noqa: E402
 
 
-@torch.no_grad()
 def images_with_objects(model, dataset: DetectionDataset, max_images: int):
     """Yield (target, the model's image list, its boxes resized to it, backbone features) for
     each of the first `max_images` images that has objects."""
@@ -45,9 +44,12 @@ def images_with_objects(model, dataset: DetectionDataset, max_images: int):
         if len(target["boxes"]) == 0:
             continue
         image_list, resized = model.transform([image], [{"boxes": target["boxes"], "labels": target["labels"]}])
-        yield target, image_list, resized[0]["boxes"], model.backbone(image_list.tensors)
+        with torch.no_grad():
+            features = model.backbone(image_list.tensors)
+        yield target, image_list, resized[0]["boxes"], features
 
 
+@torch.no_grad()
 def ground_truth_box_accuracy(model, dataset: DetectionDataset, text: torch.Tensor, base: torch.Tensor,
                               max_images: int, names: list[str] | None = None) -> dict:
     """Top-1 of each head's embedding of every ground-truth box against all text embeddings.

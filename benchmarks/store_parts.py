@@ -26,6 +26,7 @@ from torchvision.ops import box_convert, box_iou
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vild.data.detection import labelled_parts  # noqa: E402
 from vild.io import load_json, save_json  # noqa: E402
 from vild.regions import RegionStore  # noqa: E402
 from vild.regions.rarity import rarity_weights  # noqa: E402
@@ -46,11 +47,14 @@ def proposal_kinds(boxes: torch.Tensor, objects: list[dict], novel_ids: set[int]
     return kinds, best_base
 
 
+def _xyxy(objects: list[dict]) -> torch.Tensor:
+    return box_convert(torch.tensor([a["bbox"] for a in objects], dtype=torch.float32).reshape(-1, 4), "xywh", "xyxy")
+
+
 def _best_iou(boxes: torch.Tensor, objects: list[dict]) -> torch.Tensor:
     if not objects:
         return torch.zeros(len(boxes))
-    xyxy = box_convert(torch.tensor([a["bbox"] for a in objects], dtype=torch.float32), "xywh", "xyxy")
-    return box_iou(boxes.float(), xyxy).max(dim=1).values
+    return box_iou(boxes.float(), _xyxy(objects)).max(dim=1).values
 
 
 def main() -> int:
@@ -79,7 +83,8 @@ def main() -> int:
         kinds, best_base = proposal_kinds(boxes, objects.get(image_id, []), novel_ids)
         w = weights[image_id] if weights is not None else torch.ones(len(boxes))
         named_novel = ~is_base[(embeddings @ text.T).argmax(dim=1)]
-        skipped = (best_base >= args.skip_iou) & (best_base < 0.5)
+        base_objects = [a for a in objects.get(image_id, []) if a["category_id"] not in novel_ids]
+        skipped = labelled_parts(boxes, _xyxy(base_objects), (args.skip_iou, 0.5))
         for kind, wi, nn, sk in zip(kinds, w.tolist(), named_novel.tolist(), skipped.tolist()):
             s = stats[kind]
             s["proposals"] += 1

@@ -318,12 +318,21 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.region_weights is not None:
             weights = self.region_weights.get(image_id)
             out["distill_weights"] = torch.ones(len(boxes)) if weights is None else weights.to(torch.float32)
-        if self.skip_labelled_parts is not None and len(labelled_boxes) and len(boxes):
-            low, high = self.skip_labelled_parts
-            best = box_iou(out["distill_boxes"], labelled_boxes.to(torch.float32)).max(dim=1).values
-            keep = (best < low) | (best >= high)
+        if self.skip_labelled_parts is not None:
+            keep = ~labelled_parts(out["distill_boxes"], labelled_boxes, self.skip_labelled_parts)
             out = {key: value[keep] for key, value in out.items()}
         return out
+
+
+def labelled_parts(boxes: torch.Tensor, labelled_boxes: torch.Tensor, iou_range: tuple[float, float]) -> torch.Tensor:
+    """[P] bool: the boxes [P, 4] whose best IoU with a labelled box [N, 4] (xyxy, one frame)
+    lies in [low, high) of `iou_range`, parts and loose boxes of labelled objects
+    (`DetectionDataset(skip_labelled_parts=...)`); none where nothing is labelled."""
+    if len(labelled_boxes) == 0 or len(boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool)
+    low, high = iou_range
+    best = box_iou(boxes.float(), labelled_boxes.float()).max(dim=1).values
+    return (best >= low) & (best < high)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
